@@ -1,0 +1,209 @@
+//! The host API: what PID 1 serves on [`crate::layout::API_SOCKET`] (and on
+//! the virtio-serial port [`crate::layout::API_VIRTIO_PORT`]) and `atollctl`
+//! speaks.
+//!
+//! Wire format: the client sends one [`Request`] as a line of JSON; the
+//! server answers with lines of JSON [`Response`]s, ending with
+//! [`Response::Done`] or [`Response::Error`] (a followed log never ends until
+//! the client hangs up). Unknown fields are ignored, so later issues can add
+//! methods and fields without breaking older clients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::Slot;
+
+/// Longest request line the server reads; longer ones are refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Request {
+    /// Host status.
+    Status,
+    /// Log records, oldest first.
+    Logs {
+        /// How many of the newest records to send (default 100, 0 = all kept).
+        #[serde(default = "default_lines")]
+        lines: usize,
+        /// Keep sending new records as they arrive.
+        #[serde(default)]
+        follow: bool,
+        /// Only records from this identifier (e.g. `init`, a container name).
+        #[serde(default)]
+        ident: Option<String>,
+    },
+    /// Clean shutdown, then power off.
+    Poweroff,
+    /// Clean shutdown, then reboot.
+    Reboot,
+}
+
+fn default_lines() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    Status(Box<Status>),
+    Log(LogRecord),
+    /// The request was carried out (poweroff/reboot) or the answer is complete.
+    Done,
+    Error { message: String },
+}
+
+/// How this boot came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMode {
+    /// The slot was already known good.
+    Good,
+    /// The slot is on trial: it becomes good when this boot gets ready.
+    Trial,
+    /// No slot was good or had tries left; the boot loader booted the first anyway.
+    LastResort,
+    /// The kernel command line did not say (e.g. booted by hand).
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub hostname: String,
+    pub machine_id: String,
+    pub booted_slot: Option<Slot>,
+    pub boot_mode: BootMode,
+    /// Whether the host has printed its ready line.
+    pub ready: bool,
+    pub uptime_ms: u64,
+    pub boot_times: BootTimes,
+    pub slots: Vec<SlotStatus>,
+    /// What happened to grubenv on this boot (ok, repaired from the good copy, …).
+    pub grubenv: String,
+    pub data: DataStatus,
+    pub root: RootStatus,
+    /// How the previous boot ended: `clean`, `unclean`, or `unknown` (first boot).
+    pub previous_shutdown: String,
+}
+
+/// The mounted root file system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootStatus {
+    /// The block device mounted on / (e.g. /dev/mapper/atoll-root).
+    pub device: String,
+    pub fs_type: String,
+    pub read_only: bool,
+    /// The device-mapper target under the root (`verity`), if any.
+    pub dm_target: Option<String>,
+    /// dm-verity's status: `V` (verified so far) or `C` (corruption seen).
+    pub verity_status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    pub slot: Slot,
+    pub booted: bool,
+    pub good: bool,
+    pub tries_left: u8,
+    /// Position in the boot order (0 = tried first).
+    pub priority: usize,
+    pub verity: String,
+    /// The version installed in the slot, when known.
+    pub version: Option<String>,
+}
+
+/// Boot time split, in milliseconds of guest CLOCK_BOOTTIME (0 = kernel start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTimes {
+    /// Kernel start to stage 1 start.
+    pub kernel_ms: u64,
+    /// Stage 1 (initramfs: drivers, dm-verity, switch root).
+    pub stage1_ms: u64,
+    /// Stage 2 start to ready.
+    pub stage2_ms: u64,
+    /// Kernel start to ready.
+    pub total_ms: u64,
+    /// Named steps inside the stages, in order, each with its duration.
+    pub steps: Vec<BootStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootStep {
+    pub name: String,
+    pub ms: u64,
+}
+
+/// Stage 1's report to stage 2, written to [`crate::layout::STAGE1_TIMES`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage1Times {
+    /// CLOCK_BOOTTIME in ms when stage 1 started.
+    pub start_ms: u64,
+    /// CLOCK_BOOTTIME in ms just before stage 1 executed stage 2.
+    pub end_ms: u64,
+    pub steps: Vec<BootStep>,
+    /// Modules stage 1 loaded.
+    pub modules: Vec<String>,
+    /// The block device of the booted slot (e.g. /dev/vda3).
+    pub slot_device: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataStatus {
+    /// The DATA partition's device, if found.
+    pub device: Option<String>,
+    /// `mounted`, `created`, `grown`, or `failed: <reason>` (then /var is a tmpfs).
+    pub state: String,
+    pub size_bytes: u64,
+    pub free_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Wall-clock time in microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// CLOCK_BOOTTIME in microseconds, for ordering within a boot.
+    pub boottime_us: u64,
+    /// syslog priority 0 (emerg) .. 7 (debug).
+    pub priority: u8,
+    /// SYSLOG_IDENTIFIER, or the process name.
+    pub ident: String,
+    pub pid: Option<u32>,
+    pub message: String,
+    /// The container that wrote the record, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// `stdout` or `stderr` for container output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r: Request = serde_json::from_str(r#"{"method":"status"}"#).unwrap();
+        assert_eq!(r, Request::Status);
+        let r: Request = serde_json::from_str(r#"{"method":"logs","follow":true}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Logs {
+                lines: 100,
+                follow: true,
+                ident: None
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"method":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn response_round_trip() {
+        let r = Response::Error {
+            message: "x".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&s).unwrap(), r);
+        assert_eq!(serde_json::to_string(&Response::Done).unwrap(), r#""done""#);
+    }
+}

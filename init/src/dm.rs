@@ -1,0 +1,1 @@
+//! Device-mapper ioctls (owned by the stage-1 work).

@@ -1,0 +1,16 @@
+//! Atoll's PID 1, in two stages (docs/boot.md):
+//!
+//! - [`stage1`] runs from the initramfs: drivers, dm-verity, switch root;
+//! - [`stage2`] runs from the verified root as the host's PID 1: mounts,
+//!   DATA on /var, /etc, logs, the host API, shutdown.
+//!
+//! The same binary holds both; `bin/init.rs` picks the stage. [`modules`]
+//! (modalias coldplug) and [`dm`] (device-mapper ioctls) serve both stages.
+//! `atollctl` (`bin/atollctl.rs`) is the client of the host API.
+
+pub mod clock;
+pub mod cmdline;
+pub mod dm;
+pub mod modules;
+pub mod stage1;
+pub mod stage2;

@@ -1,0 +1,1 @@
+//! Kernel module coldplug (owned by the stage-1 work).
