@@ -1,4 +1,14 @@
-//! Stage 2 (owned by the stage-2 work).
+//! Stage 2.
+pub mod console;
+pub mod data;
+pub mod ioctl;
+pub mod journal;
+pub mod loghub;
+pub mod logstore;
+pub mod partition;
+pub mod reaper;
+#[cfg(test)]
+mod testutil;
 
 /// Runs stage 2; never returns.
 pub fn main() -> ! {
