@@ -1,0 +1,526 @@
+//! Disk images for the tests: finding the built image, qcow2 overlays and raw
+//! copies of it, and editing a raw image from the host the way a test needs
+//! to set the stage — the boot state in grubenv on the ESP (through mtools,
+//! no root or loop device), or one flipped byte in a slot.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use atoll_common::bootstate::{BootState, BootStateError};
+use atoll_common::grubenv::{Grubenv, GrubenvError};
+use atoll_common::layout;
+
+/// Byte offsets of the partitions of a freshly built disk.
+pub const ESP_OFFSET: u64 = layout::PARTITIONS[1].offset;
+pub const ROOT_A_OFFSET: u64 = layout::PARTITIONS[2].offset;
+pub const ROOT_B_OFFSET: u64 = layout::PARTITIONS[3].offset;
+pub const DATA_OFFSET: u64 = layout::PARTITIONS[4].offset;
+
+/// What builds the image, for the message when it is missing.
+pub const BUILD_HINT: &str = "build it with `./test.sh` (builds it, then runs every test), \
+     or `scripts/build-image.sh`, or `cargo build --release -p atoll-init && \
+     cargo run --release -p image-build -- disk`";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("no Atoll disk image at {path} ({from}); {BUILD_HINT}")]
+    ImageMissing { path: PathBuf, from: &'static str },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {tool} (is it installed? scripts/install-deps.sh installs it)")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Tool {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{file} in {image} is not a valid environment block")]
+    Grubenv {
+        image: PathBuf,
+        file: &'static str,
+        #[source]
+        source: GrubenvError,
+    },
+    #[error("{file} in {image} holds an invalid boot state")]
+    BootState {
+        image: PathBuf,
+        file: &'static str,
+        #[source]
+        source: BootStateError,
+    },
+    #[error("{path}: {reason}")]
+    BuildInfo { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The workspace root (this crate's parent directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The image the tests boot: `$ATOLL_IMAGE`, or `target/atoll/atoll.raw` in
+/// the workspace. Absolute, and known to exist.
+pub fn base_image() -> Result<PathBuf, DiskError> {
+    match std::env::var_os("ATOLL_IMAGE") {
+        Some(p) if !p.is_empty() => checked_image(Path::new(&p), "from $ATOLL_IMAGE"),
+        _ => checked_image(
+            &workspace_root().join("target/atoll/atoll.raw"),
+            "the default; set ATOLL_IMAGE to use another",
+        ),
+    }
+}
+
+/// `path` made absolute, if it exists.
+pub fn checked_image(path: &Path, from: &'static str) -> Result<PathBuf, DiskError> {
+    if !path.is_file() {
+        return Err(DiskError::ImageMissing {
+            path: path.to_path_buf(),
+            from,
+        });
+    }
+    std::fs::canonicalize(path).map_err(io(path))
+}
+
+/// What image-build says about an image (`build.json` next to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// The dm-verity root hash of the slot image.
+    pub verity: String,
+    pub version: Option<String>,
+}
+
+/// Reads `build.json` beside `image`. The root hash is the first 64-digit
+/// hex string under a key that mentions `verity` (or `root_hash`), at any
+/// depth, so the reader does not depend on how the file is nested.
+pub fn build_info(image: &Path) -> Result<BuildInfo, DiskError> {
+    let path = image.with_file_name("build.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| DiskError::BuildInfo {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    let verity = find_verity(&json).ok_or_else(|| DiskError::BuildInfo {
+        path: path.clone(),
+        reason: "no dm-verity root hash (a 64-digit hex value under a key naming verity)".into(),
+    })?;
+    let version = json
+        .get("version")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok(BuildInfo { verity, version })
+}
+
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn find_verity(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map {
+                let k = k.to_ascii_lowercase();
+                if k.contains("verity") || k.contains("root_hash") {
+                    if let Some(s) = val.as_str().filter(|s| is_hash(s)) {
+                        return Some(s.to_ascii_lowercase());
+                    }
+                }
+            }
+            map.values().find_map(find_verity)
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(find_verity),
+        _ => None,
+    }
+}
+
+fn run(tool: &str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, DiskError> {
+    let out = Command::new(tool)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .map_err(|source| DiskError::Spawn {
+            tool: tool.to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        let command = std::iter::once(tool.to_string())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(DiskError::Tool {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// Creates a qcow2 overlay at `overlay` on the raw `base` (absolute),
+/// optionally larger than the base (`size` in bytes).
+pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> Result<(), DiskError> {
+    let size = size.map(|s| s.to_string());
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        overlay.as_os_str(),
+    ];
+    if let Some(s) = &size {
+        args.push(s.as_ref());
+    }
+    run("qemu-img", &args).map(|_| ())
+}
+
+/// A private raw copy of an image, deleted on drop.
+#[derive(Debug)]
+pub struct RawCopy {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl RawCopy {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps the copy on disk after drop (for debugging) and returns its path.
+    pub fn keep(self) -> PathBuf {
+        let path = self.path;
+        let _ = self.dir.keep();
+        path
+    }
+}
+
+/// Copies `base` (sparse) into a fresh temporary directory.
+pub fn prepare_raw_copy(base: &Path) -> Result<RawCopy, DiskError> {
+    let dir = tempfile::Builder::new()
+        .prefix("atoll-disk-")
+        .tempdir()
+        .map_err(io(&std::env::temp_dir()))?;
+    let path = dir.path().join("disk.raw");
+    run(
+        "cp",
+        &[
+            "--sparse=always".as_ref(),
+            base.as_os_str(),
+            path.as_os_str(),
+        ],
+    )?;
+    Ok(RawCopy { dir, path })
+}
+
+/// XORs the byte at `offset` with 0xff; returns the byte it held.
+pub fn flip_byte(image: &Path, offset: u64) -> Result<u8, DiskError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(io(image))?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).map_err(io(image))?;
+    let old = b[0];
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset).map_err(io(image))?;
+    f.sync_all().map_err(io(image))?;
+    Ok(old)
+}
+
+/// Which environment block on the ESP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvFile {
+    /// `grubenv`: the live boot state.
+    Live,
+    /// `grubenv.good`: the copy of the last good boot.
+    Good,
+}
+
+impl EnvFile {
+    pub fn esp_path(self) -> &'static str {
+        match self {
+            EnvFile::Live => layout::ESP_GRUBENV,
+            EnvFile::Good => layout::ESP_GRUBENV_GOOD,
+        }
+    }
+}
+
+/// A FAT file system inside an image file, at a byte offset, reached with mtools.
+#[derive(Debug, Clone)]
+pub struct FatImage {
+    image: PathBuf,
+    offset: u64,
+}
+
+impl FatImage {
+    pub fn new(image: &Path, offset: u64) -> Self {
+        Self {
+            image: image.to_path_buf(),
+            offset,
+        }
+    }
+
+    /// The ESP of a raw Atoll disk image.
+    pub fn esp(image: &Path) -> Self {
+        Self::new(image, ESP_OFFSET)
+    }
+
+    fn drive(&self) -> std::ffi::OsString {
+        let mut s = self.image.as_os_str().to_os_string();
+        s.push(format!("@@{}", self.offset));
+        s
+    }
+
+    /// The bytes of the file at `path` (absolute, e.g. `/EFI/atoll/grubenv`).
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, DiskError> {
+        let drive = self.drive();
+        let target = format!("::{path}");
+        run(
+            "mtype",
+            &["-i".as_ref(), drive.as_os_str(), target.as_ref()],
+        )
+    }
+
+    /// Replaces the file at `path` with `bytes`.
+    pub fn write(&self, path: &str, bytes: &[u8]) -> Result<(), DiskError> {
+        let scratch = tempfile::NamedTempFile::new().map_err(io(&std::env::temp_dir()))?;
+        std::fs::write(scratch.path(), bytes).map_err(io(scratch.path()))?;
+        let drive = self.drive();
+        let target = format!("::{path}");
+        run(
+            "mcopy",
+            &[
+                "-o".as_ref(),
+                "-i".as_ref(),
+                drive.as_os_str(),
+                scratch.path().as_os_str(),
+                target.as_ref(),
+            ],
+        )
+        .map(|_| ())
+    }
+}
+
+/// The raw bytes of a grubenv file on the ESP of `image`.
+pub fn read_grubenv_bytes(image: &Path, which: EnvFile) -> Result<Vec<u8>, DiskError> {
+    FatImage::esp(image).read(which.esp_path())
+}
+
+/// Overwrites a grubenv file on the ESP of `image` with `bytes` as they are.
+pub fn write_grubenv_bytes(image: &Path, which: EnvFile, bytes: &[u8]) -> Result<(), DiskError> {
+    FatImage::esp(image).write(which.esp_path(), bytes)
+}
+
+/// A grubenv file on the ESP of `image`, parsed.
+pub fn read_grubenv(image: &Path, which: EnvFile) -> Result<Grubenv, DiskError> {
+    let bytes = read_grubenv_bytes(image, which)?;
+    Grubenv::parse(&bytes).map_err(|source| DiskError::Grubenv {
+        image: image.to_path_buf(),
+        file: which.esp_path(),
+        source,
+    })
+}
+
+/// The boot state held in a grubenv file on the ESP of `image`.
+pub fn read_boot_state(image: &Path, which: EnvFile) -> Result<BootState, DiskError> {
+    let env = read_grubenv(image, which)?;
+    BootState::from_env(&env).map_err(|source| DiskError::BootState {
+        image: image.to_path_buf(),
+        file: which.esp_path(),
+        source,
+    })
+}
+
+/// Writes `state` into the live grubenv of `image`, keeping its other
+/// variables (or starting from an empty block if it is unreadable).
+pub fn write_grubenv(image: &Path, state: &BootState) -> Result<(), DiskError> {
+    let mut env = read_grubenv(image, EnvFile::Live).unwrap_or_default();
+    let err = |source| DiskError::BootState {
+        image: image.to_path_buf(),
+        file: layout::ESP_GRUBENV,
+        source,
+    };
+    state.to_env(&mut env).map_err(err)?;
+    let bytes = env
+        .to_bytes()
+        .map_err(|e| err(BootStateError::Grubenv(e)))?;
+    write_grubenv_bytes(image, EnvFile::Live, &bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use atoll_common::layout::Slot;
+
+    use super::*;
+
+    #[test]
+    fn offsets_match_the_layout() {
+        assert_eq!(
+            ESP_OFFSET,
+            layout::partition(layout::LABEL_ESP).unwrap().offset
+        );
+        assert_eq!(
+            ROOT_A_OFFSET,
+            layout::partition(layout::LABEL_ROOT_A).unwrap().offset
+        );
+        assert_eq!(
+            ROOT_B_OFFSET,
+            layout::partition(layout::LABEL_ROOT_B).unwrap().offset
+        );
+        assert_eq!(
+            DATA_OFFSET,
+            layout::partition(layout::LABEL_DATA).unwrap().offset
+        );
+    }
+
+    /// A disk file with a small FAT file system at 1 MiB (as the ESP sits
+    /// at an offset in the real image) holding /EFI/atoll.
+    fn fat_disk(dir: &Path) -> PathBuf {
+        let fat = dir.join("esp.fat");
+        let status = Command::new("mkfs.vfat")
+            .args(["-C".as_ref(), fat.as_os_str(), "2048".as_ref()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let drive = {
+            let mut s = fat.as_os_str().to_os_string();
+            s.push("@@0");
+            s
+        };
+        run(
+            "mmd",
+            &[
+                "-i".as_ref(),
+                drive.as_os_str(),
+                "::/EFI".as_ref(),
+                "::/EFI/atoll".as_ref(),
+            ],
+        )
+        .unwrap();
+        let mut disk = vec![0u8; 1024 * 1024];
+        disk.extend(std::fs::read(&fat).unwrap());
+        let path = dir.join("disk.raw");
+        std::fs::write(&path, disk).unwrap();
+        path
+    }
+
+    #[test]
+    fn grubenv_round_trip_through_mtools() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = fat_disk(dir.path());
+        let esp = FatImage::new(&disk, 1024 * 1024);
+
+        let mut env = Grubenv::new();
+        env.set("EXTRA", "kept").unwrap();
+        let mut state = BootState::fresh(&"ab".repeat(32));
+        state.to_env(&mut env).unwrap();
+        esp.write(layout::ESP_GRUBENV, &env.to_bytes().unwrap())
+            .unwrap();
+
+        state.order = vec![Slot::B, Slot::A];
+        state.b.good = false;
+        state.b.tries = 3;
+        let bytes = {
+            let mut e = Grubenv::parse(&esp.read(layout::ESP_GRUBENV).unwrap()).unwrap();
+            state.to_env(&mut e).unwrap();
+            e.to_bytes().unwrap()
+        };
+        esp.write(layout::ESP_GRUBENV, &bytes).unwrap();
+        let back = Grubenv::parse(&esp.read(layout::ESP_GRUBENV).unwrap()).unwrap();
+        assert_eq!(back.get("EXTRA"), Some("kept"));
+        assert_eq!(BootState::from_env(&back).unwrap(), state);
+
+        // Junk goes through byte for byte, and no longer parses.
+        let junk: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 251) as u8).collect();
+        esp.write(layout::ESP_GRUBENV, &junk).unwrap();
+        assert_eq!(esp.read(layout::ESP_GRUBENV).unwrap(), junk);
+        assert!(Grubenv::parse(&junk).is_err());
+
+        let e = esp.read("/EFI/atoll/absent").unwrap_err();
+        assert!(matches!(e, DiskError::Tool { .. }), "{e}");
+    }
+
+    #[test]
+    fn flips_one_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, [1u8, 2, 3, 4]).unwrap();
+        assert_eq!(flip_byte(&path, 2).unwrap(), 3);
+        assert_eq!(std::fs::read(&path).unwrap(), [1, 2, 3 ^ 0xff, 4]);
+        assert!(flip_byte(&path, 10).is_err());
+    }
+
+    #[test]
+    fn raw_copy_and_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let f = std::fs::File::create(&base).unwrap();
+        f.set_len(4 * 1024 * 1024).unwrap();
+        f.write_all_at(b"atoll", 1024 * 1024).unwrap();
+        let copy = prepare_raw_copy(&base).unwrap();
+        assert_eq!(
+            std::fs::read(copy.path()).unwrap(),
+            std::fs::read(&base).unwrap()
+        );
+        let overlay = dir.path().join("o.qcow2");
+        create_overlay(&base, &overlay, Some(8 * 1024 * 1024)).unwrap();
+        let info = run("qemu-img", &["info".as_ref(), overlay.as_os_str()]).unwrap();
+        let info = String::from_utf8_lossy(&info);
+        assert!(info.contains("8 MiB"), "{info}");
+        assert!(info.contains("base.raw"), "{info}");
+    }
+
+    #[test]
+    fn build_info_finds_the_root_hash_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("atoll.raw");
+        let h = "AB".repeat(32);
+        std::fs::write(
+            dir.path().join("build.json"),
+            format!(
+                r#"{{"version":"0.1.0","slot":{{"sha256":"{}","verity_root_hash":"{h}"}}}}"#,
+                "cd".repeat(32)
+            ),
+        )
+        .unwrap();
+        let info = build_info(&image).unwrap();
+        assert_eq!(info.verity, h.to_ascii_lowercase());
+        assert_eq!(info.version.as_deref(), Some("0.1.0"));
+        std::fs::write(dir.path().join("build.json"), r#"{"version":"x"}"#).unwrap();
+        assert!(build_info(&image).is_err());
+    }
+
+    #[test]
+    fn missing_image_names_the_build_command() {
+        let e = checked_image(Path::new("/nonexistent/atoll.raw"), "test").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("./test.sh") && msg.contains("image-build"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,867 @@
+//! One QEMU guest: [`VmBuilder`] sets it up (firmware, disk, console, QMP
+//! and the host API on virtio-serial, all in a private temp dir) and [`Vm`]
+//! drives it (console waits, power button, API requests). QEMU is killed
+//! when the [`Vm`] is dropped, and its console log is copied to the log
+//! directory ([`log_dir`]) so a failed test leaves it behind.
+//!
+//! Every error of a running VM carries what was awaited and the last
+//! [`TAIL_LINES`] console lines.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use atoll_common::api::{LogRecord, Request, Response, Status};
+use atoll_common::layout::{self, Slot};
+
+use crate::api_client::{self, ApiError};
+use crate::console::{Console, ConsoleError, Match, Pattern, WaitError};
+use crate::disk::{self, DiskError};
+use crate::qmp::{self, QmpError};
+
+/// A generous bound for one boot to ready under TCG (5-8 s typically, more
+/// when two guests and a build share the two cores).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// From a shutdown request to QEMU exiting.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// One host API exchange.
+pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// One QMP command.
+pub const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Console lines quoted in error messages.
+pub const TAIL_LINES: usize = 40;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Where console logs are kept: `$ATOLL_QEMU_LOGS`, or
+/// `target/qemu-tests/logs` in the workspace.
+pub fn log_dir() -> PathBuf {
+    match std::env::var_os("ATOLL_QEMU_LOGS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => disk::workspace_root().join("target/qemu-tests/logs"),
+    }
+}
+
+/// The last console lines, for error messages.
+#[derive(Debug, Clone)]
+pub struct ConsoleTail {
+    pub vm: String,
+    pub log: PathBuf,
+    pub lines: String,
+}
+
+impl std::fmt::Display for ConsoleTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\n--- last {TAIL_LINES} console lines of VM {} (whole log: {}) ---\n{}\n--- end of console ---",
+            self.vm,
+            self.log.display(),
+            if self.lines.is_empty() {
+                "(no console output)"
+            } else {
+                &self.lines
+            }
+        )
+    }
+}
+
+#[derive(thiserror::Error)]
+pub enum VmError {
+    #[error("setting up the VM disk")]
+    Disk(#[from] DiskError),
+    #[error("cannot create a temporary directory for the VM")]
+    TempDir(#[source] std::io::Error),
+    #[error("cannot copy the UEFI variable store {from} to {to}")]
+    Firmware {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching the console")]
+    Console(#[from] ConsoleError),
+    #[error("timed out after {timeout:?} waiting for {awaited}{tail}")]
+    Timeout {
+        awaited: String,
+        timeout: Duration,
+        tail: Box<ConsoleTail>,
+    },
+    #[error("QEMU exited ({status}) while waiting for {awaited}{stderr}{tail}")]
+    Exited {
+        awaited: String,
+        status: String,
+        /// QEMU's own error output, if any.
+        stderr: String,
+        tail: Box<ConsoleTail>,
+    },
+    #[error("QMP {command} failed{tail}")]
+    Qmp {
+        command: String,
+        tail: Box<ConsoleTail>,
+        #[source]
+        source: Box<QmpError>,
+    },
+    #[error("host API request failed{tail}")]
+    Api {
+        tail: Box<ConsoleTail>,
+        #[source]
+        source: Box<ApiError>,
+    },
+    #[error("{message}{tail}")]
+    Check {
+        message: String,
+        tail: Box<ConsoleTail>,
+    },
+}
+
+/// Debug shows the whole chain readably, so that `unwrap()` and tests
+/// returning `Result<_, VmError>` print the console tail and every cause.
+impl std::fmt::Debug for VmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            write!(f, "\ncaused by: {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// The boot firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default: GRUB from the MBR and BIOS-BOOT.
+    #[default]
+    Bios,
+    /// OVMF through pflash: GRUB from `EFI/BOOT/BOOTX64.EFI` on the ESP.
+    Uefi,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// The VM's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSpec {
+    /// A fresh qcow2 overlay in the VM's temp dir on a raw base image
+    /// (`None` = [`disk::base_image`]), optionally grown to `size` bytes.
+    Overlay {
+        base: Option<PathBuf>,
+        size: Option<u64>,
+    },
+    /// A prepared file used as it is (writes land in it).
+    File { path: PathBuf, format: DiskFormat },
+}
+
+/// Sets up a [`Vm`].
+#[derive(Debug, Clone)]
+pub struct VmBuilder {
+    name: String,
+    firmware: Firmware,
+    disk: DiskSpec,
+    memory_mib: u32,
+    extra: Vec<String>,
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsoleTo {
+    /// A file the harness tails.
+    File,
+    /// The terminal, multiplexed with the QEMU monitor (Ctrl-A X quits).
+    Stdio,
+}
+
+/// Paths inside a VM's temp dir.
+#[derive(Debug, Clone)]
+struct Paths {
+    disk: PathBuf,
+    format: DiskFormat,
+    console: PathBuf,
+    stderr: PathBuf,
+    qmp: PathBuf,
+    api: PathBuf,
+    vars: PathBuf,
+}
+
+impl VmBuilder {
+    /// A VM named `name` (names its console log: use the test's name),
+    /// BIOS, 512 MiB, on a fresh overlay of the base image.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            firmware: Firmware::Bios,
+            disk: DiskSpec::Overlay {
+                base: None,
+                size: None,
+            },
+            memory_mib: 512,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn firmware(mut self, firmware: Firmware) -> Self {
+        self.firmware = firmware;
+        self
+    }
+
+    pub fn uefi(self) -> Self {
+        self.firmware(Firmware::Uefi)
+    }
+
+    pub fn disk(mut self, disk: DiskSpec) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// An overlay on `base` instead of the default image.
+    pub fn base(mut self, base: &Path) -> Self {
+        let size = match &self.disk {
+            DiskSpec::Overlay { size, .. } => *size,
+            DiskSpec::File { .. } => None,
+        };
+        self.disk = DiskSpec::Overlay {
+            base: Some(base.to_path_buf()),
+            size,
+        };
+        self
+    }
+
+    /// An overlay of `bytes` (larger than the base: the guest sees a bigger disk).
+    pub fn overlay_size(mut self, bytes: u64) -> Self {
+        let base = match &self.disk {
+            DiskSpec::Overlay { base, .. } => base.clone(),
+            DiskSpec::File { .. } => None,
+        };
+        self.disk = DiskSpec::Overlay {
+            base,
+            size: Some(bytes),
+        };
+        self
+    }
+
+    /// Boots from `path` directly (e.g. a [`disk::RawCopy`]), so the host can
+    /// read the disk afterwards.
+    pub fn disk_file(self, path: &Path, format: DiskFormat) -> Self {
+        self.disk(DiskSpec::File {
+            path: path.to_path_buf(),
+            format,
+        })
+    }
+
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// One more QEMU argument, passed as is.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra.push(arg.to_string());
+        self
+    }
+
+    /// Creates the temp dir and its disk, firmware vars and paths.
+    fn prepare(&self) -> Result<(tempfile::TempDir, Paths), VmError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("atoll-vm-{}-", sanitize(&self.name)))
+            .tempdir()
+            .map_err(VmError::TempDir)?;
+        let d = dir.path();
+        let (disk, format) = match &self.disk {
+            DiskSpec::Overlay { base, size } => {
+                let base = match base {
+                    Some(b) => disk::checked_image(b, "given to the VM builder")?,
+                    None => disk::base_image()?,
+                };
+                let overlay = d.join("disk.qcow2");
+                disk::create_overlay(&base, &overlay, *size)?;
+                (overlay, DiskFormat::Qcow2)
+            }
+            DiskSpec::File { path, format } => (
+                disk::checked_image(path, "given to the VM builder")?,
+                *format,
+            ),
+        };
+        let vars = d.join("OVMF_VARS.fd");
+        if self.firmware == Firmware::Uefi {
+            std::fs::copy(OVMF_VARS, &vars).map_err(|source| VmError::Firmware {
+                from: OVMF_VARS.into(),
+                to: vars.clone(),
+                source,
+            })?;
+        }
+        let paths = Paths {
+            disk,
+            format,
+            console: d.join("console.log"),
+            stderr: d.join("qemu.stderr"),
+            qmp: d.join("qmp.sock"),
+            api: d.join("api.sock"),
+            vars,
+        };
+        Ok((dir, paths))
+    }
+
+    /// The QEMU command line.
+    fn command(&self, p: &Paths, console: ConsoleTo) -> Command {
+        let mut c = Command::new(QEMU);
+        c.args(["-name", &self.name, "-accel", "tcg", "-machine", "pc"]);
+        c.args(["-m", &self.memory_mib.to_string(), "-smp", "1"]);
+        c.args(["-display", "none", "-nodefaults", "-no-user-config"]);
+        if self.firmware == Firmware::Uefi {
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ));
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                p.vars.display()
+            ));
+        }
+        c.arg("-drive").arg(format!(
+            "file={},format={},if=none,id=disk0",
+            p.disk.display(),
+            p.format.name()
+        ));
+        c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        match console {
+            ConsoleTo::File => {
+                c.arg("-chardev")
+                    .arg(format!("file,id=con0,path={}", p.console.display()));
+                c.args(["-serial", "chardev:con0"]);
+            }
+            ConsoleTo::Stdio => {
+                c.args(["-serial", "mon:stdio"]);
+            }
+        }
+        c.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", p.qmp.display()));
+        c.args(["-device", "virtio-serial-pci,id=vser0"]);
+        c.arg("-chardev").arg(format!(
+            "socket,id=api,path={},server=on,wait=off",
+            p.api.display()
+        ));
+        c.arg("-device").arg(format!(
+            "virtserialport,bus=vser0.0,chardev=api,name={}",
+            layout::API_VIRTIO_PORT
+        ));
+        c.args(&self.extra);
+        c
+    }
+
+    /// Starts QEMU with the console in a file and returns at once.
+    ///
+    /// QEMU gets SIGKILL if the thread that called this ends, so a test
+    /// killed mid-way leaves no guest behind: keep the [`Vm`] in that thread.
+    pub fn start(self) -> Result<Vm, VmError> {
+        let (dir, paths) = self.prepare()?;
+        let console = Console::tail_file(&paths.console)?;
+        let mut cmd = self.command(&paths, ConsoleTo::File);
+        let stderr = File::create(&paths.stderr).map_err(|source| VmError::Spawn {
+            command: QEMU.into(),
+            source,
+        })?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SAFETY: between fork and exec only prctl(2) is called, which is
+        // async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let started = Instant::now();
+        let child = cmd.spawn().map_err(|source| VmError::Spawn {
+            command: format!("{cmd:?}"),
+            source,
+        })?;
+        Ok(Vm {
+            name: self.name,
+            firmware: self.firmware,
+            paths,
+            dir: Some(dir),
+            child: Mutex::new(child),
+            console,
+            started,
+            exit: Mutex::new(None),
+        })
+    }
+
+    /// Runs QEMU in the foreground with the console (and monitor) on this
+    /// terminal until the guest powers off or the user quits (Ctrl-A X).
+    pub fn run_interactive(self) -> Result<ExitStatus, VmError> {
+        let (dir, paths) = self.prepare()?;
+        let mut cmd = self.command(&paths, ConsoleTo::Stdio);
+        eprintln!(
+            "Booting {} ({}) with the console on this terminal; Ctrl-A X quits, Ctrl-A H lists the monitor keys.",
+            paths.disk.display(),
+            self.firmware
+        );
+        eprintln!(
+            "Host API: target/release/atollctl --socket {} status",
+            paths.api.display()
+        );
+        let status = cmd.status().map_err(|source| VmError::Spawn {
+            command: format!("{cmd:?}"),
+            source,
+        })?;
+        drop(dir);
+        Ok(status)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The ready line, parsed.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub version: String,
+    pub slot: Slot,
+    pub line: String,
+    /// When the harness saw the line.
+    pub seen_at: Instant,
+}
+
+/// A running guest. Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct Vm {
+    name: String,
+    firmware: Firmware,
+    paths: Paths,
+    dir: Option<tempfile::TempDir>,
+    child: Mutex<Child>,
+    console: Console,
+    started: Instant,
+    exit: Mutex<Option<ExitStatus>>,
+}
+
+impl Vm {
+    /// A builder; see [`VmBuilder::new`].
+    pub fn builder(name: &str) -> VmBuilder {
+        VmBuilder::new(name)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn firmware(&self) -> Firmware {
+        self.firmware
+    }
+
+    /// When QEMU was started.
+    pub fn started_at(&self) -> Instant {
+        self.started
+    }
+
+    /// The disk the guest sees (the overlay, or the given file).
+    pub fn disk_path(&self) -> &Path {
+        &self.paths.disk
+    }
+
+    /// Where the console log is copied when the VM is dropped.
+    pub fn kept_log_path(&self) -> PathBuf {
+        log_dir().join(format!("{}.console.log", sanitize(&self.name)))
+    }
+
+    /// The last console lines with the VM's name and log path.
+    pub fn tail(&self) -> ConsoleTail {
+        ConsoleTail {
+            vm: self.name.clone(),
+            log: self.kept_log_path(),
+            lines: self.console.tail(TAIL_LINES),
+        }
+    }
+
+    /// An error for a failed check in a test, with the console tail.
+    pub fn fail(&self, message: impl Into<String>) -> VmError {
+        VmError::Check {
+            message: message.into(),
+            tail: Box::new(self.tail()),
+        }
+    }
+
+    /// `Ok` if `cond`, else [`Vm::fail`] with `message`.
+    pub fn check(&self, cond: bool, message: impl FnOnce() -> String) -> Result<(), VmError> {
+        if cond {
+            Ok(())
+        } else {
+            Err(self.fail(message()))
+        }
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Child> {
+        match self.child.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// QEMU's exit status, if it has exited.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        let mut exit = match self.exit.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if exit.is_none() {
+            if let Ok(Some(status)) = self.lock_child().try_wait() {
+                *exit = Some(status);
+            }
+        }
+        *exit
+    }
+
+    fn qemu_stderr(&self) -> String {
+        match std::fs::read_to_string(&self.paths.stderr) {
+            Ok(s) if !s.trim().is_empty() => format!("; QEMU said: {}", s.trim()),
+            _ => String::new(),
+        }
+    }
+
+    /// Waits for `pattern` on the console after the cursor and moves the
+    /// cursor past it. Fails when `timeout` passes or QEMU exits first.
+    pub fn wait_for(
+        &self,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<Match, VmError> {
+        let pattern = pattern.into();
+        let mut abort = || self.exited().map(|s| s.to_string());
+        match self.console.wait_for(&pattern, timeout, &mut abort) {
+            Ok(m) => Ok(m),
+            Err(WaitError::TimedOut) => Err(VmError::Timeout {
+                awaited: format!("{pattern} on the console"),
+                timeout,
+                tail: Box::new(self.tail()),
+            }),
+            Err(WaitError::Aborted(status)) => Err(VmError::Exited {
+                awaited: format!("{pattern} on the console"),
+                status,
+                stderr: self.qemu_stderr(),
+                tail: Box::new(self.tail()),
+            }),
+        }
+    }
+
+    /// Waits for the next `atoll: ready version=<v> slot=<X>` line.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Ready, VmError> {
+        let re = format!(
+            r"{} version=(\S+) slot=([AB])\b",
+            regex::escape(layout::READY_PREFIX)
+        );
+        let m = self.wait_for(Pattern::regex(&re)?, timeout)?;
+        let version = m.captures.first().cloned().flatten().unwrap_or_default();
+        let slot = m
+            .captures
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|s| Slot::parse(&s))
+            .ok_or_else(|| self.fail(format!("unreadable ready line {:?}", m.line)))?;
+        Ok(Ready {
+            version,
+            slot,
+            line: m.line,
+            seen_at: m.seen_at,
+        })
+    }
+
+    /// Every console line so far holding `pattern` (from the start; the
+    /// cursor is not used or moved).
+    pub fn console_matches(&self, pattern: impl Into<Pattern>) -> Vec<Match> {
+        self.console.find_all(&pattern.into())
+    }
+
+    /// The whole console output so far.
+    pub fn console_text(&self) -> String {
+        self.console.text()
+    }
+
+    /// Where the next wait starts scanning.
+    pub fn cursor(&self) -> usize {
+        self.console.cursor()
+    }
+
+    pub fn set_cursor(&self, at: usize) {
+        self.console.set_cursor(at)
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                self.console.sync(Duration::from_secs(1));
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    awaited: "QEMU to exit".into(),
+                    timeout,
+                    tail: Box::new(self.tail()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a QMP command.
+    pub fn qmp(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmError> {
+        qmp::execute(&self.paths.qmp, command, arguments, QMP_TIMEOUT).map_err(|source| {
+            VmError::Qmp {
+                command: command.into(),
+                tail: Box::new(self.tail()),
+                source: Box::new(source),
+            }
+        })
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`).
+    pub fn powerdown(&self) -> Result<(), VmError> {
+        self.qmp("system_powerdown", None).map(|_| ())
+    }
+
+    /// Stops QEMU at once (QMP `quit`, SIGKILL if that fails) and waits for it.
+    pub fn quit(&self) -> Result<ExitStatus, VmError> {
+        if self.exited().is_none() {
+            let quit = self.qmp("quit", None);
+            if quit.is_err() || self.wait_exit(Duration::from_secs(10)).is_err() {
+                let _ = self.lock_child().kill();
+            }
+        }
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends one request to the host API and returns every response (the
+    /// final `done`/`error` included).
+    pub fn api(&self, request: &Request) -> Result<Vec<Response>, VmError> {
+        api_client::request(&self.paths.api, request, API_TIMEOUT).map_err(|e| self.api_error(e))
+    }
+
+    fn api_error(&self, source: ApiError) -> VmError {
+        VmError::Api {
+            tail: Box::new(self.tail()),
+            source: Box::new(source),
+        }
+    }
+
+    /// The host's status.
+    pub fn status(&self) -> Result<Status, VmError> {
+        api_client::status_of(self.api(&Request::Status)?).map_err(|e| self.api_error(e))
+    }
+
+    /// The newest `lines` log records (0 = all kept), oldest first.
+    pub fn logs(&self, lines: usize) -> Result<Vec<LogRecord>, VmError> {
+        let req = Request::Logs {
+            lines,
+            follow: false,
+            ident: None,
+        };
+        api_client::logs_of(self.api(&req)?).map_err(|e| self.api_error(e))
+    }
+
+    /// Asks the host to reboot cleanly (API `reboot`).
+    pub fn reboot(&self) -> Result<(), VmError> {
+        let r = self.api(&Request::Reboot)?;
+        api_client::done_of(&Request::Reboot, &r).map_err(|e| self.api_error(e))
+    }
+
+    /// Asks the host to power off cleanly (API `poweroff`).
+    pub fn poweroff(&self) -> Result<(), VmError> {
+        let r = self.api(&Request::Poweroff)?;
+        api_client::done_of(&Request::Poweroff, &r).map_err(|e| self.api_error(e))
+    }
+
+    fn keep_log(&self) {
+        let dir = log_dir();
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let dest = self.kept_log_path();
+        let tmp = dest.with_extension("log.tmp");
+        if std::fs::copy(&self.paths.console, &tmp).is_ok() {
+            let _ = std::fs::rename(&tmp, &dest);
+        }
+        let stderr = dir.join(format!("{}.qemu-stderr.log", sanitize(&self.name)));
+        match std::fs::metadata(&self.paths.stderr) {
+            Ok(m) if m.len() > 0 => {
+                let _ = std::fs::copy(&self.paths.stderr, &stderr);
+            }
+            _ => {
+                let _ = std::fs::remove_file(&stderr);
+            }
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let mut child = self.lock_child();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.console.sync(Duration::from_millis(500));
+        self.keep_log();
+        let keep = std::env::var_os("ATOLL_KEEP_VM").is_some_and(|v| !v.is_empty() && v != "0");
+        if let Some(dir) = self.dir.take() {
+            if keep {
+                eprintln!(
+                    "ATOLL_KEEP_VM: VM {} kept in {}",
+                    self.name,
+                    dir.keep().display()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(b: &VmBuilder, console: ConsoleTo) -> Vec<String> {
+        let p = Paths {
+            disk: "/t/disk.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            console: "/t/console.log".into(),
+            stderr: "/t/qemu.stderr".into(),
+            qmp: "/t/qmp.sock".into(),
+            api: "/t/api.sock".into(),
+            vars: "/t/OVMF_VARS.fd".into(),
+        };
+        b.command(&p, console)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn bios_command_line() {
+        let a = args(&VmBuilder::new("t"), ConsoleTo::File).join(" ");
+        assert!(a.contains("-accel tcg"), "{a}");
+        assert!(a.contains("-m 512 -smp 1"), "{a}");
+        assert!(a.contains("-display none -nodefaults"), "{a}");
+        assert!(!a.contains("pflash"), "{a}");
+        assert!(
+            a.contains("file=/t/disk.qcow2,format=qcow2,if=none,id=disk0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-chardev file,id=con0,path=/t/console.log -serial chardev:con0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-qmp unix:/t/qmp.sock,server=on,wait=off"),
+            "{a}"
+        );
+        assert!(
+            a.contains("socket,id=api,path=/t/api.sock,server=on,wait=off"),
+            "{a}"
+        );
+        assert!(
+            a.contains("virtserialport,bus=vser0.0,chardev=api,name=dev.atoll.api"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn uefi_and_interactive_command_line() {
+        let a = args(&VmBuilder::new("t").uefi(), ConsoleTo::Stdio).join(" ");
+        assert!(
+            a.contains(&format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            )),
+            "{a}"
+        );
+        assert!(
+            a.contains("if=pflash,format=raw,unit=1,file=/t/OVMF_VARS.fd"),
+            "{a}"
+        );
+        assert!(a.contains("-serial mon:stdio"), "{a}");
+        assert!(!a.contains("console.log"), "{a}");
+    }
+
+    #[test]
+    fn error_messages_carry_the_console_tail() {
+        let e = VmError::Timeout {
+            awaited: "\"atoll: ready\" on the console".into(),
+            timeout: Duration::from_secs(120),
+            tail: Box::new(ConsoleTail {
+                vm: "boots_bios".into(),
+                log: "/l/boots_bios.console.log".into(),
+                lines: "Booting `Atoll'\nkernel panic".into(),
+            }),
+        };
+        let s = format!("{e:?}");
+        assert!(
+            s.starts_with("timed out after 120s waiting for \"atoll: ready\""),
+            "{s}"
+        );
+        assert!(s.contains("kernel panic"), "{s}");
+        assert!(s.contains("/l/boots_bios.console.log"), "{s}");
+    }
+
+    #[test]
+    fn missing_base_image_fails_before_qemu() {
+        let e = VmBuilder::new("t")
+            .base(Path::new("/nonexistent/atoll.raw"))
+            .start()
+            .unwrap_err();
+        let s = format!("{e:?}");
+        assert!(
+            s.contains("/nonexistent/atoll.raw") && s.contains("./test.sh"),
+            "{s}"
+        );
+    }
+}
