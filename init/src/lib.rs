@@ -14,3 +14,4 @@ pub mod dm;
 pub mod modules;
 pub mod stage1;
 pub mod stage2;
+pub mod superblock;

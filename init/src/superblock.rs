@@ -1,0 +1,577 @@
+//! The on-disk headers of a root slot (docs/boot.md, "A slot"): the
+//! squashfs superblock at offset 0 and the dm-verity superblock that
+//! `veritysetup format --hash-offset` writes right after the padded
+//! squashfs. Stage 1 reads them to build the dm-verity table; anything odd
+//! is refused. Only the root hash does not come from here: it comes from
+//! the kernel command line, so any tampering with these headers or the
+//! tree changes what the kernel computes and the mount fails.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::dm::VerityParams;
+
+/// Both data and hash blocks are this size.
+const BLOCK: u64 = atoll_common::layout::VERITY_BLOCK_SIZE;
+const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+const SQUASHFS_SB_SIZE: usize = 96;
+const VERITY_SIGNATURE: &[u8; 8] = b"verity\0\0";
+/// `struct verity_sb` from cryptsetup (lib/verity/verity.c), packed.
+const VERITY_SB_SIZE: usize = 512;
+const MAX_SALT: usize = 256;
+const SHA256_SIZE: u64 = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperblockError {
+    #[error("cannot read {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no squashfs at the start of the slot (magic {0:02x?}, want \"hsqs\")")]
+    SquashfsMagic([u8; 4]),
+    #[error("squashfs {0}")]
+    Squashfs(String),
+    #[error("no dm-verity superblock at offset {offset} (signature {found:02x?})")]
+    VerityMagic { offset: u64, found: [u8; 8] },
+    #[error("dm-verity superblock at offset {offset}: {what}")]
+    Verity { offset: u64, what: String },
+    #[error("{} is {size} bytes, too small for {what}", path.display())]
+    TooSmall {
+        path: PathBuf,
+        size: u64,
+        what: String,
+    },
+}
+
+/// What stage 1 needs from the squashfs superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Squashfs {
+    /// Bytes of the file system proper (the image may be padded past it).
+    pub bytes_used: u64,
+    pub block_size: u32,
+}
+
+/// Parses a squashfs 4.0 superblock (the first 96 bytes, little endian).
+pub fn parse_squashfs(b: &[u8]) -> Result<Squashfs, SuperblockError> {
+    let b = b
+        .get(..SQUASHFS_SB_SIZE)
+        .ok_or_else(|| SuperblockError::Squashfs("superblock is cut short".into()))?;
+    let magic = [b[0], b[1], b[2], b[3]];
+    if &magic != SQUASHFS_MAGIC {
+        return Err(SuperblockError::SquashfsMagic(magic));
+    }
+    let block_size = le32(b, 12);
+    let block_log = le16(b, 22);
+    let (major, minor) = (le16(b, 28), le16(b, 30));
+    let bytes_used = le64(b, 40);
+    let odd = |what: String| Err(SuperblockError::Squashfs(what));
+    if (major, minor) != (4, 0) {
+        return odd(format!("version {major}.{minor}, want 4.0"));
+    }
+    if !block_size.is_power_of_two()
+        || !(4096..=1 << 20).contains(&block_size)
+        || 1u32.checked_shl(block_log.into()) != Some(block_size)
+    {
+        return odd(format!(
+            "block size {block_size} (log {block_log}) is invalid"
+        ));
+    }
+    if bytes_used < SQUASHFS_SB_SIZE as u64 {
+        return odd(format!(
+            "bytes_used {bytes_used} is smaller than its superblock"
+        ));
+    }
+    Ok(Squashfs {
+        bytes_used,
+        block_size,
+    })
+}
+
+/// The dm-verity superblock (`veritysetup dump` shows the same fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VeritySuperblock {
+    pub version: u32,
+    /// 1 = the normal format (salt before the data); 0 = Chrome OS.
+    pub hash_type: u32,
+    pub uuid: [u8; 16],
+    pub algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_blocks: u64,
+    pub salt: Vec<u8>,
+}
+
+impl VeritySuperblock {
+    /// The UUID as `veritysetup dump` prints it.
+    pub fn uuid_string(&self) -> String {
+        let h = hex(&self.uuid);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+}
+
+/// Parses a dm-verity superblock found at `offset` (for messages) and
+/// refuses every setting Atoll does not build: anything but version 1,
+/// hash type 1, sha256, 4096-byte blocks, a salt of at most 256 bytes.
+pub fn parse_verity(b: &[u8], offset: u64) -> Result<VeritySuperblock, SuperblockError> {
+    let odd = |what: String| SuperblockError::Verity { offset, what };
+    let b = b
+        .get(..VERITY_SB_SIZE)
+        .ok_or_else(|| odd("superblock is cut short".into()))?;
+    let mut found = [0u8; 8];
+    found.copy_from_slice(&b[..8]);
+    if &found != VERITY_SIGNATURE {
+        return Err(SuperblockError::VerityMagic { offset, found });
+    }
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&b[16..32]);
+    let alg = &b[32..64];
+    let alg_end = alg.iter().position(|&c| c == 0).unwrap_or(alg.len());
+    let salt_size = le16(b, 80) as usize;
+    let sb = VeritySuperblock {
+        version: le32(b, 8),
+        hash_type: le32(b, 12),
+        uuid,
+        algorithm: String::from_utf8_lossy(&alg[..alg_end]).into_owned(),
+        data_block_size: le32(b, 64),
+        hash_block_size: le32(b, 68),
+        data_blocks: le64(b, 72),
+        salt: b[88..88 + salt_size.min(MAX_SALT)].to_vec(),
+    };
+    if sb.version != 1 {
+        return Err(odd(format!("version {}, want 1", sb.version)));
+    }
+    if sb.hash_type != 1 {
+        return Err(odd(format!("hash type {}, want 1", sb.hash_type)));
+    }
+    if sb.algorithm != "sha256" {
+        return Err(odd(format!("algorithm {:?}, want sha256", sb.algorithm)));
+    }
+    if u64::from(sb.data_block_size) != BLOCK || u64::from(sb.hash_block_size) != BLOCK {
+        return Err(odd(format!(
+            "block sizes {}/{}, want {BLOCK}/{BLOCK}",
+            sb.data_block_size, sb.hash_block_size
+        )));
+    }
+    if salt_size > MAX_SALT {
+        return Err(odd(format!(
+            "salt of {salt_size} bytes, at most {MAX_SALT}"
+        )));
+    }
+    if sb.data_blocks == 0 {
+        return Err(odd("covers no data blocks".into()));
+    }
+    Ok(sb)
+}
+
+/// Number of hash blocks in a sha256 tree over `data_blocks` 4096-byte
+/// blocks (each hash block holds 128 digests).
+pub fn hash_tree_blocks(data_blocks: u64) -> u64 {
+    let per_block = BLOCK / SHA256_SIZE;
+    let (mut level, mut total) = (data_blocks, 0);
+    loop {
+        level = level.div_ceil(per_block);
+        total += level;
+        if level <= 1 {
+            return total;
+        }
+    }
+}
+
+/// The dm-verity table parameters of a slot whose squashfs, hash offset
+/// and verity superblock are known, checked against each other and the
+/// device size. The hash tree starts one block after the superblock.
+pub fn verity_params(
+    path: &Path,
+    device_size: u64,
+    squashfs: &Squashfs,
+    sb: &VeritySuperblock,
+    root_hash: &str,
+) -> Result<VerityParams, SuperblockError> {
+    let hash_offset = atoll_common::layout::round_up(squashfs.bytes_used, BLOCK);
+    let odd = |what: String| SuperblockError::Verity {
+        offset: hash_offset,
+        what,
+    };
+    let data_bytes = sb
+        .data_blocks
+        .checked_mul(BLOCK)
+        .ok_or_else(|| odd(format!("{} data blocks overflow", sb.data_blocks)))?;
+    if data_bytes < squashfs.bytes_used {
+        return Err(odd(format!(
+            "{} data blocks do not cover the squashfs ({} bytes)",
+            sb.data_blocks, squashfs.bytes_used
+        )));
+    }
+    if data_bytes > hash_offset {
+        return Err(odd(format!(
+            "{} data blocks run into the superblock",
+            sb.data_blocks
+        )));
+    }
+    let hash_start_block = hash_offset / BLOCK + 1;
+    let end = (hash_start_block + hash_tree_blocks(sb.data_blocks)) * BLOCK;
+    if end > device_size {
+        return Err(SuperblockError::TooSmall {
+            path: path.to_path_buf(),
+            size: device_size,
+            what: format!("a hash tree ending at byte {end}"),
+        });
+    }
+    Ok(VerityParams {
+        data_blocks: sb.data_blocks,
+        hash_start_block,
+        root_hash: root_hash.to_ascii_lowercase(),
+        salt: hex(&sb.salt),
+    })
+}
+
+/// Reads a slot's headers from `dev` (a block device or an image file) and
+/// returns its dm-verity parameters with `root_hash` (from the kernel
+/// command line).
+pub fn read_verity_params(dev: &Path, root_hash: &str) -> Result<VerityParams, SuperblockError> {
+    let io = |source| SuperblockError::Io {
+        path: dev.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(dev).map_err(io)?;
+    let size = f.seek(SeekFrom::End(0)).map_err(io)?;
+    let mut head = [0u8; SQUASHFS_SB_SIZE];
+    read_at(&mut f, 0, &mut head).map_err(io)?;
+    let squashfs = parse_squashfs(&head)?;
+    let offset = atoll_common::layout::round_up(squashfs.bytes_used, BLOCK);
+    if offset + BLOCK > size {
+        return Err(SuperblockError::TooSmall {
+            path: dev.to_path_buf(),
+            size,
+            what: format!(
+                "a squashfs of {} bytes and its hash tree",
+                squashfs.bytes_used
+            ),
+        });
+    }
+    let mut sb = [0u8; VERITY_SB_SIZE];
+    read_at(&mut f, offset, &mut sb).map_err(io)?;
+    let sb = parse_verity(&sb, offset)?;
+    verity_params(dev, size, &squashfs, &sb, root_hash)
+}
+
+fn read_at(f: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    const SALT: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const UUID: &str = "12345678-1234-1234-1234-123456789abc";
+
+    /// A scratch directory removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("atoll-superblock-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn have(tool: &str) -> bool {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    }
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `Key:   value` from `veritysetup format`/`dump` output.
+    fn field<'a>(text: &'a str, key: &str) -> &'a str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("{key} missing in {text}"))
+            .trim()
+    }
+
+    fn sha256(data: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(data).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    }
+
+    /// A squashfs superblock by hand (what mksquashfs writes, trimmed to the
+    /// fields stage 1 reads).
+    fn squashfs_sb(bytes_used: u64) -> [u8; 96] {
+        let mut b = [0u8; 96];
+        b[..4].copy_from_slice(b"hsqs");
+        b[12..16].copy_from_slice(&131072u32.to_le_bytes());
+        b[22..24].copy_from_slice(&17u16.to_le_bytes());
+        b[28..30].copy_from_slice(&4u16.to_le_bytes());
+        b[40..48].copy_from_slice(&bytes_used.to_le_bytes());
+        b
+    }
+
+    /// The slot image: squashfs (mksquashfs if present, else a hand-made
+    /// superblock and filler) padded to 4096.
+    fn make_data(dir: &Path) -> PathBuf {
+        let img = dir.join("slot.img");
+        if have("mksquashfs") {
+            let root = dir.join("root/usr/lib/atoll");
+            std::fs::create_dir_all(&root).unwrap();
+            // 1 MiB that does not compress: a tree of more than one level.
+            let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+            let payload: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(root.join("init"), payload).unwrap();
+            run(Command::new("mksquashfs")
+                .arg(dir.join("root"))
+                .arg(&img)
+                .args([
+                    "-comp",
+                    "gzip",
+                    "-all-root",
+                    "-noappend",
+                    "-quiet",
+                    "-no-progress",
+                ]));
+        } else {
+            let mut data = vec![0x5au8; 70_000];
+            data[..96].copy_from_slice(&squashfs_sb(70_000));
+            data.resize(73_728, 0);
+            std::fs::write(&img, data).unwrap();
+        }
+        img
+    }
+
+    #[test]
+    fn reads_what_veritysetup_wrote() {
+        if !have("veritysetup") {
+            eprintln!("veritysetup not installed: checked by hand-built bytes only");
+            return;
+        }
+        let dir = Scratch::new("veritysetup");
+        let img = make_data(&dir.0);
+        let squashfs = parse_squashfs(&std::fs::read(&img).unwrap()).unwrap();
+        let offset = atoll_common::layout::round_up(squashfs.bytes_used, 4096);
+        let formatted = run(Command::new("veritysetup")
+            .arg("format")
+            .arg(&img)
+            .arg(&img)
+            .arg(format!("--hash-offset={offset}"))
+            .arg(format!("--data-blocks={}", offset / 4096))
+            .arg(format!("--salt={SALT}"))
+            .arg(format!("--uuid={UUID}")));
+        let root_hash = field(&formatted, "Root hash");
+        let dump = run(Command::new("veritysetup")
+            .arg("dump")
+            .arg(&img)
+            .arg(format!("--hash-offset={offset}")));
+
+        let bytes = std::fs::read(&img).unwrap();
+        let sb = parse_verity(&bytes[offset as usize..], offset).unwrap();
+        assert_eq!(sb.uuid_string(), field(&dump, "UUID"));
+        assert_eq!(sb.hash_type.to_string(), field(&dump, "Hash type"));
+        assert_eq!(sb.data_blocks.to_string(), field(&dump, "Data blocks"));
+        assert_eq!(
+            sb.data_block_size.to_string(),
+            field(&dump, "Data block size")
+        );
+        assert_eq!(
+            sb.hash_block_size.to_string(),
+            field(&dump, "Hash block size")
+        );
+        assert_eq!(sb.algorithm, field(&dump, "Hash algorithm"));
+        assert_eq!(hex(&sb.salt), field(&dump, "Salt"));
+        assert_eq!(
+            hash_tree_blocks(sb.data_blocks).to_string(),
+            field(&dump, "Hash blocks")
+        );
+        if have("mksquashfs") {
+            assert!(hash_tree_blocks(sb.data_blocks) > 1);
+        }
+
+        let p = read_verity_params(&img, root_hash).unwrap();
+        assert_eq!(p.data_blocks, offset / 4096);
+        assert_eq!(p.salt, SALT);
+        assert_eq!(p.root_hash, root_hash);
+        // The tree's top block is where the table says: salted sha256 of
+        // the block at hash_start_block is the root hash.
+        let top = (p.hash_start_block * 4096) as usize;
+        let mut salted = hex_decode(SALT);
+        salted.extend_from_slice(&bytes[top..top + 4096]);
+        assert_eq!(sha256(&salted), root_hash);
+        assert_eq!(p.hash_start_block, offset / 4096 + 1);
+    }
+
+    fn hex_decode(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The first 0x78 bytes of a superblock `veritysetup format` wrote here
+    /// (`xxd`; data blocks 25, the salt and UUID above); the rest is zero.
+    fn real_verity_sb() -> Vec<u8> {
+        const XXD: [&str; 8] = [
+            "76657269747900000100000001000000",
+            "12345678123412341234123456789abc",
+            "73686132353600000000000000000000",
+            "00000000000000000000000000000000",
+            "00100000001000001900000000000000",
+            "20000000000000000011223344556677",
+            "8899aabbccddeeff0011223344556677",
+            "8899aabbccddeeff0000000000000000",
+        ];
+        let mut b = hex_decode(&XXD.concat());
+        b.resize(512, 0);
+        b
+    }
+
+    #[test]
+    fn parses_hand_built_superblocks() {
+        let sb = parse_verity(&real_verity_sb(), 102_400).unwrap();
+        assert_eq!(sb.uuid_string(), UUID);
+        assert_eq!(sb.data_blocks, 25);
+        assert_eq!(hex(&sb.salt), SALT);
+        let sq = parse_squashfs(&squashfs_sb(100_302)).unwrap();
+        assert_eq!(sq.bytes_used, 100_302);
+        let p = verity_params(Path::new("slot"), 110_592, &sq, &sb, &"AB".repeat(32)).unwrap();
+        assert_eq!(p.hash_start_block, 26);
+        assert_eq!(p.root_hash, "ab".repeat(32));
+        // One byte short of the hash tree.
+        assert!(matches!(
+            verity_params(Path::new("slot"), 110_591, &sq, &sb, &"ab".repeat(32)),
+            Err(SuperblockError::TooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_odd_headers() {
+        let set = |at: usize, v: &[u8]| {
+            let mut b = real_verity_sb();
+            b[at..at + v.len()].copy_from_slice(v);
+            parse_verity(&b, 0)
+        };
+        assert!(matches!(
+            set(0, b"veriti"),
+            Err(SuperblockError::VerityMagic { .. })
+        ));
+        for (at, v) in [
+            (8, &2u32.to_le_bytes()[..]),
+            (12, &0u32.to_le_bytes()),
+            (32, b"sha1\0\0"),
+            (64, &512u32.to_le_bytes()),
+            (68, &8192u32.to_le_bytes()),
+            (72, &0u64.to_le_bytes()),
+            (80, &257u16.to_le_bytes()),
+        ] {
+            assert!(
+                matches!(set(at, v), Err(SuperblockError::Verity { .. })),
+                "offset {at}"
+            );
+        }
+        assert!(parse_verity(&real_verity_sb()[..100], 0).is_err());
+
+        let sq = |at: usize, v: &[u8]| {
+            let mut b = squashfs_sb(100_302);
+            b[at..at + v.len()].copy_from_slice(v);
+            parse_squashfs(&b)
+        };
+        assert!(matches!(
+            sq(0, b"sqsh"),
+            Err(SuperblockError::SquashfsMagic(_))
+        ));
+        assert!(matches!(
+            sq(28, &3u16.to_le_bytes()),
+            Err(SuperblockError::Squashfs(_))
+        ));
+        assert!(matches!(
+            sq(12, &1000u32.to_le_bytes()),
+            Err(SuperblockError::Squashfs(_))
+        ));
+        assert!(matches!(
+            sq(40, &10u64.to_le_bytes()),
+            Err(SuperblockError::Squashfs(_))
+        ));
+
+        // Data blocks that miss part of the squashfs or overlap the tree.
+        let sb = parse_verity(&real_verity_sb(), 0).unwrap();
+        let big = parse_squashfs(&squashfs_sb(200_000)).unwrap();
+        assert!(verity_params(Path::new("s"), 1 << 30, &big, &sb, "").is_err());
+        let small = parse_squashfs(&squashfs_sb(50_000)).unwrap();
+        assert!(verity_params(Path::new("s"), 1 << 30, &small, &sb, "").is_err());
+    }
+
+    #[test]
+    fn hash_tree_sizes() {
+        assert_eq!(hash_tree_blocks(1), 1);
+        assert_eq!(hash_tree_blocks(128), 1);
+        assert_eq!(hash_tree_blocks(129), 3);
+        // 512 MiB of data: 131072 blocks → 1024 + 8 + 1.
+        assert_eq!(hash_tree_blocks(131_072), 1033);
+    }
+}
