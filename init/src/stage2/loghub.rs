@@ -81,6 +81,18 @@ impl LogHub {
         self.keep(record);
     }
 
+    /// For the panic hook: gives up instead of waiting if the hub is locked
+    /// (the panic may have happened while this thread held the lock).
+    pub fn try_push_quiet(&self, record: LogRecord) {
+        if let Ok(mut inner) = self.inner.try_lock() {
+            if let Some(store) = inner.store.as_mut() {
+                let _ = store.append(&record);
+                store.sync();
+            }
+            inner.memory.push_back(record);
+        }
+    }
+
     fn keep(&self, record: LogRecord) {
         {
             let mut inner = self.lock();

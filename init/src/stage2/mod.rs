@@ -1,4 +1,19 @@
-//! Stage 2.
+//! Stage 2: the host's PID 1, run from the verified root after stage 1
+//! switched into it (docs/boot.md, "Boot flow" step 4).
+//!
+//! In order: the base mounts and cgroup2; the journald socket; module
+//! coldplug (in the background); DATA on /var ([`data`]); the machine id
+//! and /etc ([`machine_id`], [`etc`]); the log store ([`logstore`]); the
+//! host API ([`api`]); then the ready line, and the boot is marked good in
+//! grubenv ([`bootstate`]). Afterwards it reaps orphans ([`reaper`]) and
+//! waits for a shutdown request (signals, the power button, the API), which
+//! [`shutdown`] carries out.
+//!
+//! PID 1 must never exit: panics in tasks are logged and the task is
+//! restarted; if the event loop itself dies, [`shutdown::fallback_loop`]
+//! keeps reaping and still honours shutdown signals.
+
+pub mod api;
 pub mod bootstate;
 pub mod console;
 pub mod data;
@@ -10,13 +25,563 @@ pub mod logstore;
 pub mod machine_id;
 pub mod mounts;
 pub mod partition;
+pub mod power_button;
 pub mod reaper;
+pub mod shutdown;
+pub mod status;
+pub mod sysblock;
 #[cfg(test)]
 mod testutil;
+pub mod watchdog;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_common::api::{BootMode, DataStatus, RootStatus, Stage1Times, Status};
+use atoll_common::layout::{self, Slot};
+use nix::mount::MsFlags;
+use tokio::sync::mpsc;
+
+use self::loghub::{init_record, HubLogger, LogHub};
+use self::shutdown::ShutdownKind;
+use self::status::Steps;
+use self::sysblock::SysBlock;
+use crate::clock;
+use crate::cmdline::BootArgs;
+use crate::modules::ModuleDb;
 
 /// Runs stage 2; never returns.
 pub fn main() -> ! {
-    loop {
-        std::thread::park();
+    let start_ms = clock::boottime_ms();
+    HubLogger::install();
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("init: panic: {info}");
+        console::line(&msg);
+        LogHub::global().try_push_quiet(init_record(2, msg));
+    }));
+    // Ctrl-Alt-Del sends us SIGINT instead of rebooting on the spot.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+
+    let outcome = std::panic::catch_unwind(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(run(start_ms)))
+    });
+    match outcome {
+        Ok(Ok(kind)) => shutdown::execute(kind),
+        Ok(Err(e)) => console::line(&format!(
+            "atoll: ERROR: cannot start the event loop ({e}); only reaping and shutdown work"
+        )),
+        Err(_) => console::line(
+            "atoll: ERROR: the event loop died; only reaping and shutdown work from now on",
+        ),
     }
+    shutdown::fallback_loop()
+}
+
+/// Spawns `make()`'s future and starts it again (after a second) whenever it
+/// panics or ends.
+fn supervise<F, Fut>(name: &'static str, make: F)
+where
+    F: Fn() -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    tokio::task::spawn_local(async move {
+        loop {
+            let r = tokio::task::spawn_local(make()).await;
+            match r {
+                Err(e) if e.is_panic() => log::error!("{name} panicked; restarting it"),
+                _ => log::warn!("{name} stopped; restarting it"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+/// Sends a shutdown request for each of these signals.
+fn watch_signals(tx: &mpsc::UnboundedSender<ShutdownKind>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let table = [
+        (SignalKind::terminate(), ShutdownKind::Reboot, "SIGTERM"),
+        (SignalKind::interrupt(), ShutdownKind::Reboot, "SIGINT"),
+        (
+            SignalKind::user_defined2(),
+            ShutdownKind::Poweroff,
+            "SIGUSR2",
+        ),
+        (
+            SignalKind::from_raw(nix::libc::SIGPWR),
+            ShutdownKind::Poweroff,
+            "SIGPWR",
+        ),
+    ];
+    for (sig, kind, name) in table {
+        match signal(sig) {
+            Ok(mut s) => {
+                let tx = tx.clone();
+                tokio::task::spawn_local(async move {
+                    while s.recv().await.is_some() {
+                        log::info!("{name} received: {kind}");
+                        let _ = tx.send(kind);
+                    }
+                });
+            }
+            Err(e) => log::error!("cannot watch {name}: {e}"),
+        }
+    }
+}
+
+async fn run(start_ms: u64) -> ShutdownKind {
+    let local = tokio::task::LocalSet::new();
+    local.run_until(boot(start_ms)).await
+}
+
+/// What the background coldplug hands back.
+struct Coldplugged {
+    db: Option<ModuleDb>,
+    watchdog: Option<watchdog::Watchdog>,
+    elapsed_ms: u64,
+}
+
+fn coldplug(trial: bool) -> Coldplugged {
+    let start = clock::boottime_ms();
+    let db = match ModuleDb::for_running_kernel() {
+        Ok(db) => db,
+        Err(e) => {
+            log::warn!("kernel modules unavailable: {}", data::error_chain(&e));
+            return Coldplugged {
+                db: None,
+                watchdog: None,
+                elapsed_ms: 0,
+            };
+        }
+    };
+    let report = db.coldplug();
+    for (m, why) in &report.failed {
+        log::warn!("module {m}: {why}");
+    }
+    // Not matched by modalias at coldplug time (evdev binds to input devices
+    // that appear only once `button` is loaded).
+    for m in ["button", "evdev", "virtio_console"] {
+        if let Err(e) = db.load(m) {
+            log::warn!("module {m}: {}", data::error_chain(&e));
+        }
+    }
+    let mut dog = None;
+    if trial {
+        match db.load("softdog") {
+            Ok(_) => match watchdog::Watchdog::arm() {
+                Ok(w) => {
+                    log::info!("trial boot: watchdog armed until ready");
+                    dog = Some(w);
+                }
+                Err(e) => log::warn!("trial boot: cannot open /dev/watchdog: {e}"),
+            },
+            Err(e) => log::warn!("trial boot: no watchdog: {}", data::error_chain(&e)),
+        }
+    }
+    Coldplugged {
+        db: Some(db),
+        watchdog: dog,
+        elapsed_ms: clock::boottime_ms()
+            .saturating_sub(start)
+            .max(report.elapsed_ms),
+    }
+}
+
+fn read_stage1() -> Option<Stage1Times> {
+    let text = std::fs::read_to_string(layout::STAGE1_TIMES).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log::warn!("{} is unreadable: {e}", layout::STAGE1_TIMES);
+            None
+        }
+    }
+}
+
+/// The boot disk: the disk of the booted slot, or any disk with a DATA partition.
+fn boot_disk(sys: &SysBlock, stage1: Option<&Stage1Times>, slot: Option<Slot>) -> Option<String> {
+    if let Some(d) = stage1.and_then(|s| sys.disk_of(&s.slot_device)) {
+        return Some(d);
+    }
+    if let Some(d) = slot.and_then(|s| sys.disk_with(s.label())) {
+        return Some(d);
+    }
+    sys.disk_with(layout::LABEL_DATA)
+}
+
+fn say(priority: u8, line: &str) {
+    console::line(line);
+    LogHub::global().push_quiet(init_record(priority, line.to_string()));
+}
+
+fn mount_tmpfs(target: &str, mode: &str) -> Result<(), nix::Error> {
+    let _ = std::fs::create_dir_all(target);
+    nix::mount::mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(mode),
+    )
+}
+
+async fn boot(start_ms: u64) -> ShutdownKind {
+    let hub = LogHub::global();
+    let (tx, mut rx) = mpsc::unbounded_channel::<ShutdownKind>();
+    let mut steps = Steps::starting_at(start_ms);
+    tokio::task::spawn_local(reaper::run());
+    watch_signals(&tx);
+
+    // 1. Base mounts and cgroup2.
+    for e in mounts::mount_base() {
+        log::error!("{}", data::error_chain(&e));
+    }
+    if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
+        log::warn!("cgroup controllers: {e}");
+    }
+    let args = match BootArgs::from_proc() {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            log::error!("kernel command line: {e}");
+            BootArgs::default()
+        }
+        Err(e) => {
+            log::error!("/proc/cmdline: {e}");
+            BootArgs::default()
+        }
+    };
+    let stage1 = read_stage1();
+    steps.done("mounts");
+
+    // 2. The journald socket, early: records wait in memory until /var.
+    match journal::bind(Path::new(layout::JOURNAL_SOCKET)) {
+        Ok(sock) => {
+            let sock = Arc::new(Mutex::new(Some(sock)));
+            supervise("journal socket", move || {
+                let sock = sock.clone();
+                async move {
+                    let s = sock.lock().ok().and_then(|mut g| g.take());
+                    let s = match s {
+                        Some(s) => s,
+                        None => match journal::bind(Path::new(layout::JOURNAL_SOCKET)) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                log::error!("{}", data::error_chain(&e));
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(e) = journal::serve(s, LogHub::global()).await {
+                        log::error!("journal socket: {e}");
+                    }
+                }
+            });
+        }
+        Err(e) => log::error!("{}", data::error_chain(&e)),
+    }
+    steps.done("journal socket");
+
+    // Module coldplug runs beside DATA (it does not need /var).
+    let trial = args.mode == Some(BootMode::Trial);
+    let coldplug_task = tokio::task::spawn_blocking(move || coldplug(trial));
+
+    // 3. DATA on /var.
+    let sys = SysBlock::default();
+    let disk = boot_disk(&sys, stage1.as_ref(), args.slot);
+    let mut data_status = match &disk {
+        Some(d) => {
+            let loc = data::DataLocation {
+                disk: Path::new("/dev").join(d),
+                device: sys.find(d, layout::LABEL_DATA).map(|p| p.device()),
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                data::setup(&mut data::RealSys, &loc, Path::new("/var"))
+            })
+            .await;
+            match r {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = mount_tmpfs("/var", "mode=0755");
+                    DataStatus {
+                        state: format!("failed: {e}"),
+                        ..Default::default()
+                    }
+                }
+            }
+        }
+        None => {
+            say(
+                3,
+                "atoll: ERROR: cannot find the boot disk; /var is a tmpfs for this boot",
+            );
+            let _ = mount_tmpfs("/var", "mode=0755");
+            DataStatus {
+                state: "failed: boot disk not found".into(),
+                ..Default::default()
+            }
+        }
+    };
+    data::fill_usage(&mut data_status, Path::new("/var"));
+    steps.done("data");
+
+    // 4. Machine id, how the last boot ended, /etc.
+    let state_existed = Path::new(layout::VAR_MACHINE_ID).exists();
+    let previous_shutdown =
+        shutdown::previous_shutdown(Path::new(shutdown::CLEAN_MARKER), state_existed);
+    let machine_id = match machine_id::load_or_create(Path::new(layout::VAR_MACHINE_ID)) {
+        Ok(m) => m.id,
+        Err(e) => {
+            log::error!("machine id: {}", data::error_chain(&e));
+            machine_id::generate().unwrap_or_else(|_| "0".repeat(31) + "1")
+        }
+    };
+    let hostname = etc::default_hostname(&machine_id);
+    if let Err(e) = mount_tmpfs("/etc", "mode=0755") {
+        log::error!("mounting a tmpfs on /etc: {e}");
+    }
+    if let Err(e) = etc::render(Path::new("/etc"), &hostname, &machine_id) {
+        log::error!("{}", data::error_chain(&e));
+    }
+    if let Err(e) = nix::unistd::sethostname(&hostname) {
+        log::error!("sethostname {hostname}: {e}");
+    }
+    steps.done("machine id, /etc");
+
+    // 5. The log store on /var.
+    match logstore::LogStore::open(Path::new(layout::VAR_LOG_DIR)) {
+        Ok(store) => hub.open_store(store),
+        Err(e) => log::error!("{}", data::error_chain(&e)),
+    }
+    steps.done("log store");
+
+    // 6. The host API.
+    let status = Arc::new(Mutex::new(Status {
+        version: atoll_common::VERSION.to_string(),
+        hostname: hostname.clone(),
+        machine_id: machine_id.clone(),
+        booted_slot: args.slot,
+        boot_mode: args.mode.unwrap_or(BootMode::Unknown),
+        ready: false,
+        uptime_ms: 0,
+        boot_times: status::boot_times(stage1.as_ref(), start_ms, None, &steps.steps),
+        slots: Vec::new(),
+        grubenv: "not read yet".into(),
+        data: data_status,
+        root: RootStatus::default(),
+        previous_shutdown,
+    }));
+    let ctx = Arc::new(api::ApiContext {
+        status: status.clone(),
+        refresh: Some(status::refresh),
+        hub,
+        shutdown: tx.clone(),
+    });
+    let api_up = match api::bind(Path::new(layout::API_SOCKET)) {
+        Ok(listener) => {
+            let listener = Arc::new(Mutex::new(Some(listener)));
+            let c = ctx.clone();
+            supervise("API socket", move || {
+                let c = c.clone();
+                let l = listener.lock().ok().and_then(|mut g| g.take());
+                async move {
+                    let l = match l {
+                        Some(l) => l,
+                        None => match api::bind(Path::new(layout::API_SOCKET)) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                log::error!("{}", data::error_chain(&e));
+                                return;
+                            }
+                        },
+                    };
+                    api::serve_socket(l, c).await
+                }
+            });
+            true
+        }
+        Err(e) => {
+            log::error!("{}", data::error_chain(&e));
+            false
+        }
+    };
+    steps.done("api");
+
+    // Modules: needed for the virtio port, the power button and the ESP.
+    let cold = match coldplug_task.await {
+        Ok(c) => c,
+        Err(_) => Coldplugged {
+            db: None,
+            watchdog: None,
+            elapsed_ms: 0,
+        },
+    };
+    steps.done("coldplug (wait)");
+    let dog = Arc::new(Mutex::new(cold.watchdog));
+    if dog.lock().map(|g| g.is_some()).unwrap_or(false) {
+        let dog = dog.clone();
+        tokio::task::spawn_local(async move {
+            let until = tokio::time::Instant::now() + watchdog::PET_FOR;
+            while tokio::time::Instant::now() < until {
+                match dog.lock() {
+                    Ok(mut g) => match g.as_mut() {
+                        Some(w) => w.pet(),
+                        None => return,
+                    },
+                    Err(_) => return,
+                }
+                tokio::time::sleep(watchdog::PET_EVERY).await;
+            }
+            log::error!(
+                "trial boot not ready after {} s: the watchdog will reboot",
+                watchdog::PET_FOR.as_secs()
+            );
+        });
+    }
+    for dev in power_buttons().await {
+        let tx = tx.clone();
+        tokio::task::spawn_local(power_button::watch(dev, tx));
+    }
+    if let Some(port) = virtio_port().await {
+        let c = ctx.clone();
+        supervise("API port", move || api::serve_port(port.clone(), c.clone()));
+    }
+    steps.done("devices");
+
+    // 7. Ready.
+    let ready_ms = clock::boottime_ms();
+    let slot = args.slot.map(|s| s.letter()).unwrap_or("?");
+    let ready = format!(
+        "{} version={} slot={slot}",
+        layout::READY_PREFIX,
+        atoll_common::VERSION
+    );
+    console::line(&ready);
+    hub.push_quiet(init_record(5, ready));
+    if !api_up {
+        log::error!("ready without the API socket");
+    }
+    if let Some(w) = dog.lock().ok().and_then(|mut g| g.take()) {
+        w.disarm();
+    }
+    let mut stage2_steps = steps.steps.clone();
+    stage2_steps.push(atoll_common::api::BootStep {
+        name: "coldplug (in the background)".into(),
+        ms: cold.elapsed_ms,
+    });
+    {
+        let mut s = lock(&status);
+        s.ready = true;
+        s.boot_times = status::boot_times(stage1.as_ref(), start_ms, Some(ready_ms), &stage2_steps);
+    }
+    let t = lock(&status).boot_times.clone();
+    log::info!(
+        "boot took {} ms: kernel {} ms, stage 1 {} ms, stage 2 {} ms",
+        t.total_ms,
+        t.kernel_ms,
+        t.stage1_ms,
+        t.stage2_ms
+    );
+
+    // 8. Mark the boot good.
+    let esp = disk
+        .as_deref()
+        .and_then(|d| sys.find(d, layout::LABEL_ESP))
+        .map(|p| p.device());
+    let version = status::slot_version(Path::new(layout::SLOT_RELEASE));
+    match (args.slot, esp) {
+        (Some(slot), Some(esp)) => {
+            let db = cold.db;
+            let verity = args.verity.clone();
+            let damaged = args.grubenv_damaged;
+            let r = tokio::task::spawn_blocking(move || {
+                if let Some(db) = &db {
+                    for m in ["vfat", "nls_cp437", "nls_ascii"] {
+                        if let Err(e) = db.load(m) {
+                            log::warn!("module {m}: {}", data::error_chain(&e));
+                        }
+                    }
+                }
+                bootstate::mark_good_on_esp(&esp, slot, verity.as_deref(), damaged)
+            })
+            .await;
+            let mut s = lock(&status);
+            match r {
+                Ok(Ok(rec)) => {
+                    if rec.write_env || rec.write_good {
+                        log::info!("slot {slot} marked good in grubenv");
+                    }
+                    if rec.report != "ok" {
+                        log::warn!("grubenv {}", rec.report);
+                    }
+                    s.slots = bootstate::slot_table(&rec.state, Some(slot), version.as_deref());
+                    s.grubenv = rec.report;
+                }
+                Ok(Err(e)) => {
+                    let msg = data::error_chain(&e);
+                    log::error!("cannot mark the boot good: {msg}");
+                    s.grubenv = format!("unreadable: {msg}");
+                }
+                Err(e) => s.grubenv = format!("unreadable: {e}"),
+            }
+        }
+        (None, _) => {
+            log::warn!("no atoll.slot on the kernel command line: boot state left alone");
+            lock(&status).grubenv = "unreadable: booted without atoll.slot".into();
+        }
+        (_, None) => {
+            log::error!("no ESP partition found: cannot mark the boot good");
+            lock(&status).grubenv = "unreadable: no ESP partition".into();
+        }
+    }
+    steps.done("mark good");
+
+    // Serve until asked to stop.
+    match rx.recv().await {
+        Some(kind) => kind,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The power button event devices; the `button` driver may register them a
+/// little after its module loaded.
+async fn power_buttons() -> Vec<PathBuf> {
+    for _ in 0..10 {
+        let found = power_button::find(Path::new("/sys/class/input"));
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log::warn!("no power button found");
+    Vec::new()
+}
+
+/// The API's virtio-serial port, if the VM has one.
+async fn virtio_port() -> Option<PathBuf> {
+    let sys = Path::new("/sys/class/virtio-ports");
+    if !sys.exists() {
+        return None;
+    }
+    for _ in 0..10 {
+        if let Some(dev) = api::find_virtio_port(sys, layout::API_VIRTIO_PORT) {
+            if dev.exists() {
+                return Some(dev);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }

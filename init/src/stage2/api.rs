@@ -1,0 +1,433 @@
+//! The host API server (`atoll_common::api`): on the unix socket
+//! [`layout::API_SOCKET`] (mode 0600) and on the virtio-serial port named
+//! [`layout::API_VIRTIO_PORT`] when the VM has one.
+//!
+//! One JSON request per line; the answer is JSON lines ending with `done`
+//! or `error` (a followed log ends when the client hangs up). A connection
+//! may send several requests one after the other.
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_common::api::{LogRecord, Request, Response, Status, MAX_REQUEST_BYTES};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, mpsc};
+
+use super::loghub::LogHub;
+use super::shutdown::ShutdownKind;
+
+/// A write to a client that takes longer than this ends the session.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait before reading the virtio port again when no host is connected.
+pub const PORT_RETRY: Duration = Duration::from_millis(100);
+
+/// What the server needs from the rest of PID 1.
+#[derive(Debug)]
+pub struct ApiContext {
+    pub status: Arc<Mutex<Status>>,
+    /// Called on the status before it is sent (uptime, disk usage, …).
+    pub refresh: Option<fn(&mut Status)>,
+    pub hub: &'static LogHub,
+    pub shutdown: mpsc::UnboundedSender<ShutdownKind>,
+}
+
+impl ApiContext {
+    fn status(&self) -> Status {
+        let mut s = match self.status.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if let Some(f) = self.refresh {
+            f(&mut s);
+        }
+        s
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("binding {path}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the API socket (replacing a stale one), mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    let err = |source| ApiError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Accepts connections forever, one task per client.
+pub async fn serve_socket(listener: UnixListener, ctx: Arc<ApiContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let (r, w) = stream.into_split();
+                    serve_session(r, w, &ctx).await;
+                });
+            }
+            Err(e) => {
+                log::warn!("API socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum Line {
+    Request(String),
+    TooLong,
+    Eof,
+}
+
+async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Line {
+    let mut buf = Vec::new();
+    let limit = MAX_REQUEST_BYTES as u64 + 1;
+    match (&mut *reader).take(limit).read_until(b'\n', &mut buf).await {
+        Ok(0) | Err(_) => Line::Eof,
+        Ok(_) if buf.len() > MAX_REQUEST_BYTES => Line::TooLong,
+        Ok(_) if !buf.ends_with(b"\n") => Line::Eof, // hung up mid-line
+        Ok(_) => Line::Request(String::from_utf8_lossy(&buf).into_owned()),
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, resp: &Response) -> bool {
+    let mut line = match serde_json::to_vec(resp) {
+        Ok(l) => l,
+        Err(_) => return false,
+    };
+    line.push(b'\n');
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            w.write_all(&line).await?;
+            w.flush().await
+        })
+        .await,
+        Ok(Ok(()))
+    )
+}
+
+/// Serves requests from one client until it hangs up.
+pub async fn serve_session<R, W>(reader: R, mut writer: W, ctx: &ApiContext)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = BufReader::new(reader);
+    loop {
+        let line = match read_line(&mut reader).await {
+            Line::Request(l) => l,
+            Line::Eof => return,
+            Line::TooLong => {
+                let _ = send(
+                    &mut writer,
+                    &Response::Error {
+                        message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                if !send(
+                    &mut writer,
+                    &Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                )
+                .await
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        let keep_going = match req {
+            Request::Status => {
+                send(&mut writer, &Response::Status(Box::new(ctx.status()))).await
+                    && send(&mut writer, &Response::Done).await
+            }
+            Request::Logs {
+                lines,
+                follow,
+                ident,
+            } => logs(&mut reader, &mut writer, ctx, lines, follow, ident).await,
+            Request::Poweroff | Request::Reboot => {
+                let kind = if req == Request::Poweroff {
+                    ShutdownKind::Poweroff
+                } else {
+                    ShutdownKind::Reboot
+                };
+                log::info!("{kind} requested through the API");
+                let _ = send(&mut writer, &Response::Done).await;
+                let _ = ctx.shutdown.send(kind);
+                false
+            }
+        };
+        if !keep_going {
+            return;
+        }
+    }
+}
+
+fn wanted(r: &LogRecord, ident: Option<&str>) -> bool {
+    ident.is_none_or(|i| r.ident == i || r.container.as_deref() == Some(i))
+}
+
+/// Sends the log tail, then (when following) new records until the client hangs up.
+async fn logs<R, W>(
+    reader: &mut BufReader<R>,
+    writer: &mut W,
+    ctx: &ApiContext,
+    lines: usize,
+    follow: bool,
+    ident: Option<String>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Subscribe first so nothing falls between the tail and the stream.
+    let mut rx = ctx.hub.subscribe();
+    let tail = ctx.hub.tail(lines, ident.as_deref());
+    let mut last = tail.last().map(|r| r.boottime_us).unwrap_or(0);
+    for r in tail {
+        if !send(writer, &Response::Log(r)).await {
+            return false;
+        }
+    }
+    if !follow {
+        return send(writer, &Response::Done).await;
+    }
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            rec = rx.recv() => match rec {
+                Ok(r) => {
+                    if r.boottime_us < last || !wanted(&r, ident.as_deref()) {
+                        continue;
+                    }
+                    last = r.boottime_us;
+                    if !send(writer, &Response::Log(r)).await {
+                        return false;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let note = super::loghub::init_record(4, format!("({n} log records skipped: the client read too slowly)"));
+                    if !send(writer, &Response::Log(note)).await {
+                        return false;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return false,
+            },
+            n = reader.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// The device node of the virtio-serial port named `name`, if the VM has one.
+pub fn find_virtio_port(sys_ports: &Path, name: &str) -> Option<PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(sys_ports).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    entries.into_iter().find_map(|e| {
+        let n = std::fs::read_to_string(e.path().join("name")).ok()?;
+        (n.trim() == name).then(|| Path::new("/dev").join(e.file_name()))
+    })
+}
+
+/// Serves the API on a virtio-serial port forever. When no host is
+/// connected reads return EOF at once; we retry every [`PORT_RETRY`].
+pub async fn serve_port(dev: PathBuf, ctx: Arc<ApiContext>) {
+    use tokio::net::unix::pipe;
+    let mut warned = false;
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(&dev)
+            .and_then(|f| Ok((f.try_clone()?, f)))
+            .and_then(|(r, w)| {
+                Ok((
+                    pipe::Receiver::from_file_unchecked(r)?,
+                    pipe::Sender::from_file_unchecked(w)?,
+                ))
+            });
+        let (mut rx, mut tx) = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                if !warned {
+                    log::warn!("API port {}: {e}; retrying", dev.display());
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            serve_session(&mut rx, &mut tx, &ctx).await;
+            tokio::time::sleep(PORT_RETRY).await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::stage2::testutil::TempDir;
+    use atoll_common::api::{BootMode, BootTimes, DataStatus, RootStatus};
+    use atoll_common::layout;
+    use tokio::net::UnixStream;
+
+    pub(crate) fn sample_status() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            hostname: "atoll-01234567".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            booted_slot: Some(layout::Slot::A),
+            boot_mode: BootMode::Good,
+            ready: true,
+            uptime_ms: 1234,
+            boot_times: BootTimes::default(),
+            slots: vec![],
+            grubenv: "ok".into(),
+            data: DataStatus::default(),
+            root: RootStatus::default(),
+            previous_shutdown: "clean".into(),
+        }
+    }
+
+    async fn request(path: &Path, req: &str) -> (UnixStream, Vec<Response>) {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let mut r = BufReader::new(&mut s);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            let resp: Response = serde_json::from_str(&line).unwrap();
+            let end = matches!(resp, Response::Done | Response::Error { .. });
+            out.push(resp);
+            if end {
+                break;
+            }
+        }
+        (s, out)
+    }
+
+    #[test]
+    fn serves_status_logs_and_shutdown() {
+        let dir = TempDir::new("api");
+        let path = dir.path().join("api.sock");
+        let hub: &'static LogHub = Box::leak(Box::new(LogHub::new(false)));
+        hub.push(super::super::loghub::init_record(6, "one".into()));
+        let mut r = super::super::loghub::init_record(6, "two".into());
+        r.ident = "web".into();
+        hub.push(r);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let ctx = Arc::new(ApiContext {
+                status: Arc::new(Mutex::new(sample_status())),
+                refresh: Some(|s: &mut Status| s.uptime_ms = 99),
+                hub,
+                shutdown: tx,
+            });
+            let listener = bind(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            tokio::spawn(serve_socket(listener, ctx));
+
+            let (_, out) = request(&path, "{\"method\":\"status\"}\n").await;
+            let Response::Status(s) = &out[0] else {
+                panic!("{out:?}")
+            };
+            assert_eq!(s.uptime_ms, 99);
+            assert_eq!(out[1], Response::Done);
+
+            let (_, out) = request(&path, "{\"method\":\"logs\",\"lines\":1}\n").await;
+            assert!(matches!(&out[0], Response::Log(r) if r.message == "two"));
+            assert_eq!(out.len(), 2);
+            let (_, out) = request(&path, "{\"method\":\"logs\",\"ident\":\"init\"}\n").await;
+            assert_eq!(out.len(), 2);
+
+            let (_, out) = request(&path, "nonsense\n").await;
+            assert!(matches!(&out[0], Response::Error { .. }));
+
+            // Follow: the tail, then new records as they come.
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            s.write_all(b"{\"method\":\"logs\",\"lines\":1,\"follow\":true,\"ident\":\"web\"}\n")
+                .await
+                .unwrap();
+            let (rd, _wr) = s.split();
+            let mut rd = BufReader::new(rd);
+            let mut line = String::new();
+            rd.read_line(&mut line).await.unwrap();
+            assert!(line.contains("\"two\""));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut r = super::super::loghub::init_record(6, "three".into());
+            r.ident = "web".into();
+            hub.push(super::super::loghub::init_record(6, "not web".into()));
+            hub.push(r);
+            line.clear();
+            tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(line.contains("\"three\""), "{line}");
+
+            let (_, out) = request(&path, "{\"method\":\"poweroff\"}\n").await;
+            assert_eq!(out, vec![Response::Done]);
+            assert_eq!(rx.recv().await, Some(ShutdownKind::Poweroff));
+        });
+    }
+
+    #[test]
+    fn finds_the_virtio_port_by_name() {
+        let dir = TempDir::new("vports");
+        for (d, n) in [
+            ("vport1p1", "org.qemu.guest_agent.0"),
+            ("vport2p1", "dev.atoll.api"),
+        ] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+            std::fs::write(dir.path().join(d).join("name"), format!("{n}\n")).unwrap();
+        }
+        assert_eq!(
+            find_virtio_port(dir.path(), layout::API_VIRTIO_PORT),
+            Some(PathBuf::from("/dev/vport2p1"))
+        );
+        assert_eq!(find_virtio_port(dir.path(), "nope"), None);
+    }
+}
