@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod cmdline;
+pub mod ctl;
 pub mod dm;
 pub mod modules;
 pub mod stage1;

@@ -1,1 +1,91 @@
-fn main() {}
+//! `atollctl`: the Atoll host CLI. Argument parsing only; the work is in
+//! `atoll_init::ctl`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use atoll_init::ctl::{self, Command};
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the host answered with an error
+  2  bad command line
+  3  the host API could not be reached (no socket, nothing listening, no permission)
+  4  the answer was cut short or not understood";
+
+/// Talk to the Atoll host (PID 1's API).
+#[derive(Debug, Parser)]
+#[command(name = "atollctl", version = atoll_common::VERSION, after_help = EXIT_CODES)]
+struct Cli {
+    /// The API socket: PID 1's unix socket, or the host side of the VM's
+    /// `dev.atoll.api` virtio-serial port.
+    #[arg(long, global = true, default_value = atoll_common::layout::API_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Version, booted slot, boot time, slots, data, root, uptime.
+    Status {
+        /// The raw status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The host's log (PID 1, services, containers), oldest first.
+    Logs {
+        /// How many of the newest records (0 = all kept).
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new records as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only records from this identifier or container.
+        #[arg(long)]
+        ident: Option<String>,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shut down cleanly and power off.
+    Poweroff,
+    /// Shut down cleanly and reboot.
+    Reboot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cmd = match cli.cmd {
+        Cmd::Status { json } => Command::Status { json },
+        Cmd::Logs {
+            lines,
+            follow,
+            ident,
+            json,
+        } => Command::Logs {
+            lines,
+            follow,
+            ident,
+            json,
+        },
+        Cmd::Poweroff => Command::Poweroff,
+        Cmd::Reboot => Command::Reboot,
+    };
+    let code = match ctl::run(&cli.socket, cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("atollctl: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,500 @@
+//! `atollctl`: the host CLI, a client of PID 1's API (`atoll_common::api`).
+//! `bin/atollctl.rs` only parses arguments and calls [`run`].
+//!
+//! The API socket may also be the host side of the VM's virtio-serial API
+//! port (a QEMU `-chardev socket`): it speaks the same lines.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use atoll_common::api::{LogRecord, Request, Response, Status};
+
+/// Exit codes (also in `atollctl --help`).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The host answered with an error.
+    pub const HOST_ERROR: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// The API could not be reached.
+    pub const UNREACHABLE: i32 = 3;
+    /// The answer was cut short or not understood.
+    pub const PROTOCOL: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("is PID 1 running? no API socket at {}", path.display())]
+    NoSocket { path: PathBuf },
+    #[error("nothing is listening on {}: is PID 1 running?", path.display())]
+    Refused { path: PathBuf },
+    #[error("permission denied on {} (the API is for root)", path.display())]
+    Permission { path: PathBuf },
+    #[error("connecting to {}", path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the host")]
+    Io(#[source] std::io::Error),
+    #[error("the host closed the connection before the answer was complete")]
+    Truncated,
+    #[error("the host sent something unexpected: {0}")]
+    Unexpected(String),
+    #[error("the host says: {0}")]
+    Host(String),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CtlError::NoSocket { .. }
+            | CtlError::Refused { .. }
+            | CtlError::Permission { .. }
+            | CtlError::Connect { .. } => exit::UNREACHABLE,
+            CtlError::Host(_) => exit::HOST_ERROR,
+            CtlError::Io(_) | CtlError::Truncated | CtlError::Unexpected(_) => exit::PROTOCOL,
+        }
+    }
+}
+
+/// A connection to the API.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Self, CtlError> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            let path = path.to_path_buf();
+            match e.kind() {
+                std::io::ErrorKind::NotFound => CtlError::NoSocket { path },
+                std::io::ErrorKind::ConnectionRefused => CtlError::Refused { path },
+                std::io::ErrorKind::PermissionDenied => CtlError::Permission { path },
+                _ => CtlError::Connect { path, source: e },
+            }
+        })?;
+        let writer = stream.try_clone().map_err(CtlError::Io)?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends `req` and hands each answer line to `each` until `done` (or
+    /// until `each` returns false). An `error` answer becomes [`CtlError::Host`].
+    pub fn call(
+        &mut self,
+        req: &Request,
+        mut each: impl FnMut(Response) -> bool,
+    ) -> Result<(), CtlError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| CtlError::Unexpected(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(CtlError::Io)?;
+        loop {
+            let mut buf = String::new();
+            if self.reader.read_line(&mut buf).map_err(CtlError::Io)? == 0 {
+                return Err(CtlError::Truncated);
+            }
+            if buf.trim().is_empty() {
+                continue;
+            }
+            let resp: Response = serde_json::from_str(&buf)
+                .map_err(|e| CtlError::Unexpected(format!("{e}: {}", buf.trim())))?;
+            match resp {
+                Response::Done => return Ok(()),
+                Response::Error { message } => return Err(CtlError::Host(message)),
+                other => {
+                    if !each(other) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn status(&mut self) -> Result<Status, CtlError> {
+        let mut status = None;
+        self.call(&Request::Status, |r| {
+            if let Response::Status(s) = r {
+                status = Some(*s);
+            }
+            true
+        })?;
+        status.ok_or_else(|| CtlError::Unexpected("no status in the answer".into()))
+    }
+}
+
+/// `1h 02m 03s` style.
+pub fn format_duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m:02}m")
+    } else if h > 0 {
+        format!("{h}h {m:02}m {sec:02}s")
+    } else if m > 0 {
+        format!("{m}m {sec:02}s")
+    } else {
+        format!("{}.{:03} s", s, ms % 1000)
+    }
+}
+
+/// `3.8 GiB` style.
+pub fn format_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn mode_name(m: atoll_common::api::BootMode) -> &'static str {
+    use atoll_common::api::BootMode::*;
+    match m {
+        Good => "good",
+        Trial => "trial",
+        LastResort => "last resort",
+        Unknown => "unknown mode",
+    }
+}
+
+/// The human summary printed by `atollctl status`.
+pub fn format_status(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let slot = s.booted_slot.map(|x| x.letter()).unwrap_or("?");
+    let _ = writeln!(o, "Atoll {} on {}", s.version, s.hostname);
+    let _ = writeln!(o, "Machine id:  {}", s.machine_id);
+    let _ = writeln!(
+        o,
+        "Booted:      slot {slot} ({}), {}",
+        mode_name(s.boot_mode),
+        if s.ready { "ready" } else { "not ready yet" }
+    );
+    let _ = writeln!(o, "Uptime:      {}", format_duration_ms(s.uptime_ms));
+    let t = &s.boot_times;
+    if t.total_ms > 0 {
+        let _ = writeln!(
+            o,
+            "Boot time:   {} ms to ready = kernel {} ms + stage 1 {} ms + stage 2 {} ms",
+            t.total_ms, t.kernel_ms, t.stage1_ms, t.stage2_ms
+        );
+    } else {
+        let _ = writeln!(o, "Boot time:   not ready yet");
+    }
+    for step in &t.steps {
+        let _ = writeln!(o, "  {:<40} {:>6} ms", step.name, step.ms);
+    }
+    let _ = writeln!(o, "Slots:");
+    let _ = writeln!(
+        o,
+        "  {:<4} {:<6} {:<4} {:<5} {:<8} {:<12} VERITY",
+        "SLOT", "BOOTED", "GOOD", "TRIES", "PRIORITY", "VERSION"
+    );
+    let mut slots = s.slots.clone();
+    slots.sort_by_key(|x| x.priority);
+    for x in &slots {
+        let verity = if x.verity.len() > 16 {
+            format!("{}…", &x.verity[..16])
+        } else if x.verity.is_empty() {
+            "-".into()
+        } else {
+            x.verity.clone()
+        };
+        let _ = writeln!(
+            o,
+            "  {:<4} {:<6} {:<4} {:<5} {:<8} {:<12} {}",
+            x.slot.letter(),
+            if x.booted { "*" } else { "" },
+            if x.good { "yes" } else { "no" },
+            x.tries_left,
+            x.priority,
+            x.version.as_deref().unwrap_or("-"),
+            verity
+        );
+    }
+    if slots.is_empty() {
+        let _ = writeln!(o, "  (not read yet)");
+    }
+    let _ = writeln!(o, "Grubenv:     {}", s.grubenv);
+    let d = &s.data;
+    let _ = writeln!(
+        o,
+        "Data (/var): {} {}, {} of {} free",
+        d.device.as_deref().unwrap_or("-"),
+        d.state,
+        format_bytes(d.free_bytes),
+        format_bytes(d.size_bytes)
+    );
+    let r = &s.root;
+    let mut root = format!(
+        "{} {} {}",
+        if r.device.is_empty() { "-" } else { &r.device },
+        r.fs_type,
+        if r.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    );
+    if let Some(t) = &r.dm_target {
+        root.push_str(&format!(", dm {t}"));
+    }
+    if let Some(v) = &r.verity_status {
+        let meaning = match v.as_str() {
+            "V" => "verified",
+            "C" => "CORRUPTION DETECTED",
+            _ => "?",
+        };
+        root.push_str(&format!(" {v} ({meaning})"));
+    }
+    let _ = writeln!(o, "Root:        {root}");
+    let _ = writeln!(o, "Last shutdown: {}", s.previous_shutdown);
+    o
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` from microseconds since the epoch.
+pub fn format_time_us(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        (us / 1000) % 1000
+    )
+}
+
+/// One log line as `atollctl logs` prints it.
+pub fn format_log(r: &LogRecord) -> String {
+    let who = match (&r.container, r.pid) {
+        (Some(c), _) => format!("{c}/{}", r.ident),
+        (None, Some(p)) => format!("{}[{p}]", r.ident),
+        (None, None) => r.ident.clone(),
+    };
+    let stream = r
+        .stream
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    format!("{} {who}{stream}: {}", format_time_us(r.time_us), r.message)
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Status {
+        json: bool,
+    },
+    Logs {
+        lines: usize,
+        follow: bool,
+        ident: Option<String>,
+        json: bool,
+    },
+    Poweroff,
+    Reboot,
+}
+
+/// Runs a command against the API at `socket`; returns the exit code.
+pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
+    let mut client = Client::connect(socket)?;
+    let stdout = std::io::stdout();
+    match cmd {
+        Command::Status { json } => {
+            let s = client.status()?;
+            let mut out = stdout.lock();
+            let text = if json {
+                serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
+            } else {
+                format_status(&s)
+            };
+            let _ = out.write_all(text.as_bytes());
+        }
+        Command::Logs {
+            lines,
+            follow,
+            ident,
+            json,
+        } => {
+            let req = Request::Logs {
+                lines,
+                follow,
+                ident,
+            };
+            client.call(&req, |r| {
+                if let Response::Log(rec) = r {
+                    let line = if json {
+                        serde_json::to_string(&rec).unwrap_or_default()
+                    } else {
+                        format_log(&rec)
+                    };
+                    let mut out = stdout.lock();
+                    // Stop when stdout goes away (e.g. piped into head).
+                    return writeln!(out, "{line}").and_then(|_| out.flush()).is_ok();
+                }
+                true
+            })?;
+        }
+        Command::Poweroff => {
+            client.call(&Request::Poweroff, |_| true)?;
+            println!("the host is powering off");
+        }
+        Command::Reboot => {
+            client.call(&Request::Reboot, |_| true)?;
+            println!("the host is rebooting");
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use atoll_common::api::*;
+    use atoll_common::layout::Slot;
+
+    fn status() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            hostname: "atoll-0123abcd".into(),
+            machine_id: "0123abcd0123abcd0123abcd0123abcd".into(),
+            booted_slot: Some(Slot::B),
+            boot_mode: BootMode::Trial,
+            ready: true,
+            uptime_ms: 83_000,
+            boot_times: BootTimes {
+                kernel_ms: 1800,
+                stage1_ms: 150,
+                stage2_ms: 120,
+                total_ms: 2070,
+                steps: vec![BootStep {
+                    name: "stage2: data".into(),
+                    ms: 40,
+                }],
+            },
+            slots: vec![
+                SlotStatus {
+                    slot: Slot::A,
+                    booted: false,
+                    good: true,
+                    tries_left: 0,
+                    priority: 1,
+                    verity: "a".repeat(64),
+                    version: None,
+                },
+                SlotStatus {
+                    slot: Slot::B,
+                    booted: true,
+                    good: true,
+                    tries_left: 0,
+                    priority: 0,
+                    verity: "b".repeat(64),
+                    version: Some("0.1.0".into()),
+                },
+            ],
+            grubenv: "ok".into(),
+            data: DataStatus {
+                device: Some("/dev/vda5".into()),
+                state: "grown".into(),
+                size_bytes: 4 * 1024 * 1024 * 1024,
+                free_bytes: 3 * 1024 * 1024 * 1024,
+            },
+            root: RootStatus {
+                device: "/dev/mapper/atoll-root".into(),
+                fs_type: "squashfs".into(),
+                read_only: true,
+                dm_target: Some("verity".into()),
+                verity_status: Some("V".into()),
+            },
+            previous_shutdown: "clean".into(),
+        }
+    }
+
+    #[test]
+    fn status_summary() {
+        let text = format_status(&status());
+        assert!(text.contains("Atoll 0.1.0 on atoll-0123abcd"));
+        assert!(text.contains("slot B (trial), ready"));
+        assert!(text.contains("Uptime:      1m 23s"));
+        assert!(
+            text.contains("2070 ms to ready = kernel 1800 ms + stage 1 150 ms + stage 2 120 ms")
+        );
+        assert!(text.contains("stage2: data"));
+        // B first: it has priority 0.
+        let b = text.find("  B    *").unwrap();
+        let a = text.find("  A         ").unwrap();
+        assert!(b < a, "{text}");
+        assert!(text.contains("/dev/vda5 grown, 3.0 GiB of 4.0 GiB free"));
+        assert!(text.contains("squashfs read-only, dm verity V (verified)"));
+        assert!(text.contains("Last shutdown: clean"));
+    }
+
+    #[test]
+    fn times_and_sizes() {
+        assert_eq!(format_time_us(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_time_us(1_709_210_096_789_000),
+            "2024-02-29T12:34:56.789Z"
+        );
+        assert_eq!(format_duration_ms(1234), "1.234 s");
+        assert_eq!(format_duration_ms(3_723_000), "1h 02m 03s");
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536 * 1024), "1.5 MiB");
+    }
+
+    #[test]
+    fn log_lines() {
+        let mut r = LogRecord {
+            time_us: 1_000_000,
+            boottime_us: 0,
+            priority: 6,
+            ident: "agent".into(),
+            pid: Some(42),
+            message: "hello".into(),
+            container: None,
+            stream: None,
+        };
+        assert_eq!(format_log(&r), "1970-01-01T00:00:01.000Z agent[42]: hello");
+        r.container = Some("web".into());
+        r.stream = Some("stderr".into());
+        assert_eq!(
+            format_log(&r),
+            "1970-01-01T00:00:01.000Z web/agent (stderr): hello"
+        );
+    }
+
+    #[test]
+    fn missing_socket_is_a_clear_error() {
+        let e = Client::connect(Path::new("/nonexistent/api.sock")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "is PID 1 running? no API socket at /nonexistent/api.sock"
+        );
+        assert_eq!(e.exit_code(), exit::UNREACHABLE);
+    }
+}
