@@ -356,7 +356,7 @@ impl VmBuilder {
             p.disk.display(),
             p.format.name()
         ));
-        c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        c.args(["-device", "virtio-blk-pci,drive=disk0"]);
         match console {
             ConsoleTo::File => {
                 c.arg("-chardev")
