@@ -2,9 +2,12 @@
 //! file, a thread tails that file into a [`ConsoleBuffer`], and waits scan
 //! the buffer for a [`Pattern`] from a cursor.
 //!
-//! The cursor is what makes multi-boot tests work: every match moves it past
-//! the matched text, so waiting twice for `atoll: ready` finds the second
-//! boot's line, never the first one again.
+//! The cursor is what makes multi-boot tests work: every match moves it to
+//! the end of the matched line, so waiting twice for `atoll: ready` finds the
+//! second boot's line, never the first one again. It moves by whole lines
+//! because firmware may print the same text twice on one line (GRUB under
+//! OVMF writes to the serial port and to the EFI console, which OVMF also
+//! copies to the serial port): that still counts as one occurrence.
 //!
 //! Only complete lines (ended by `\n`) are scanned, so a [`Match`] always
 //! carries its whole line, and its arrival time says when the host first saw
@@ -119,6 +122,8 @@ pub struct Match {
     /// Byte offsets of the match in the console output.
     pub start: usize,
     pub end: usize,
+    /// Byte offset just past the line's `\n`: where the cursor goes next.
+    pub line_end: usize,
     /// When the harness first saw the end of the line.
     pub seen_at: Instant,
 }
@@ -175,6 +180,7 @@ impl ConsoleBuffer {
                     captures,
                     start: line_start + s,
                     end: line_start + e,
+                    line_end,
                     seen_at: self.arrival_of(line_end - 1),
                 });
             }
@@ -188,11 +194,7 @@ impl ConsoleBuffer {
         let mut out = Vec::new();
         let mut from = 0;
         while let Some(m) = self.find(pattern, from) {
-            // Next line: one match per line is enough for counting lines.
-            from = self.bytes[m.end..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(self.bytes.len(), |p| m.end + p + 1);
+            from = m.line_end;
             out.push(m);
         }
         out
@@ -321,7 +323,7 @@ impl Console {
     }
 
     /// Waits until `pattern` shows up after the cursor, then moves the
-    /// cursor past the match. `abort` is asked about every 100 ms and ends
+    /// cursor to the end of the matched line. `abort` is asked about every 100 ms and ends
     /// the wait with its reason when it returns one; output that arrived
     /// before it is still scanned first.
     pub fn wait_for(
@@ -334,7 +336,7 @@ impl Console {
         let mut state = self.shared.lock();
         loop {
             if let Some(m) = state.buf.find(pattern, state.cursor) {
-                state.cursor = m.end;
+                state.cursor = m.line_end;
                 return Ok(m);
             }
             let now = Instant::now();
@@ -347,7 +349,7 @@ impl Console {
                 self.sync(Duration::from_secs(1));
                 state = self.shared.lock();
                 if let Some(m) = state.buf.find(pattern, state.cursor) {
-                    state.cursor = m.end;
+                    state.cursor = m.line_end;
                     return Ok(m);
                 }
                 return Err(WaitError::Aborted(reason));
@@ -463,9 +465,32 @@ mod tests {
         let p = Pattern::from("atoll: ready");
         let first = b.find(&p, 0).unwrap();
         assert_eq!(first.line, "atoll: ready version=1 slot=A");
-        let second = b.find(&p, first.end).unwrap();
+        assert_eq!(first.line_end, "atoll: ready version=1 slot=A\r\n".len());
+        let second = b.find(&p, first.line_end).unwrap();
         assert_eq!(second.line, "atoll: ready version=1 slot=B");
-        assert!(b.find(&p, second.end).is_none());
+        assert!(b.find(&p, second.line_end).is_none());
+    }
+
+    #[test]
+    fn a_line_printed_twice_over_is_one_occurrence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        std::fs::write(
+            &path,
+            "\u{1b}[Hgrub: booting slot A (trial)grub: booting slot A (trial)\nfailed\n\
+             grub: booting slot A (trial)grub: booting slot A (trial)\nfailed\n",
+        )
+        .unwrap();
+        let console = Console::tail_file(&path).unwrap();
+        let p = Pattern::from("booting slot A (trial");
+        let t = Duration::from_secs(5);
+        let first = console.wait_for(&p, t, &mut || None).unwrap();
+        let second = console.wait_for(&p, t, &mut || None).unwrap();
+        assert!(second.start > first.line_end);
+        assert!(console
+            .wait_for(&p, Duration::from_millis(100), &mut || None)
+            .is_err());
+        assert_eq!(console.find_all(&p).len(), 2);
     }
 
     #[test]

@@ -564,7 +564,7 @@ impl Vm {
     }
 
     /// Waits for `pattern` on the console after the cursor and moves the
-    /// cursor past it. Fails when `timeout` passes or QEMU exits first.
+    /// cursor to the end of its line. Fails when `timeout` passes or QEMU exits first.
     pub fn wait_for(
         &self,
         pattern: impl Into<Pattern>,
