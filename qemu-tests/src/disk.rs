@@ -99,56 +99,35 @@ pub fn checked_image(path: &Path, from: &'static str) -> Result<PathBuf, DiskErr
     std::fs::canonicalize(path).map_err(io(path))
 }
 
-/// What image-build says about an image (`build.json` next to it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What image-build says about an image (`build.json` next to it); the
+/// fields the tests use (others are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct BuildInfo {
+    pub version: String,
     /// The dm-verity root hash of the slot image.
-    pub verity: String,
-    pub version: Option<String>,
+    pub verity_root_hash: String,
+    /// Bytes `[start, end)` of a slot holding init's first data block (read
+    /// by the kernel through dm-verity, never by GRUB).
+    pub init_data_start: u64,
+    pub init_data_end: u64,
 }
 
-/// Reads `build.json` beside `image`. The root hash is the first 64-digit
-/// hex string under a key that mentions `verity` (or `root_hash`), at any
-/// depth, so the reader does not depend on how the file is nested.
+/// Reads `build.json` beside `image`.
 pub fn build_info(image: &Path) -> Result<BuildInfo, DiskError> {
     let path = image.with_file_name("build.json");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| DiskError::BuildInfo {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    let verity = find_verity(&json).ok_or_else(|| DiskError::BuildInfo {
+    let info: BuildInfo = serde_json::from_str(&text).map_err(|e| DiskError::BuildInfo {
         path: path.clone(),
-        reason: "no dm-verity root hash (a 64-digit hex value under a key naming verity)".into(),
+        reason: e.to_string(),
     })?;
-    let version = json
-        .get("version")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    Ok(BuildInfo { verity, version })
-}
-
-fn is_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn find_verity(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map {
-                let k = k.to_ascii_lowercase();
-                if k.contains("verity") || k.contains("root_hash") {
-                    if let Some(s) = val.as_str().filter(|s| is_hash(s)) {
-                        return Some(s.to_ascii_lowercase());
-                    }
-                }
-            }
-            map.values().find_map(find_verity)
-        }
-        serde_json::Value::Array(items) => items.iter().find_map(find_verity),
-        _ => None,
+    let h = &info.verity_root_hash;
+    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DiskError::BuildInfo {
+            path,
+            reason: format!("verity_root_hash {h:?} is not a sha256 hex digest"),
+        });
     }
+    Ok(info)
 }
 
 fn run(tool: &str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, DiskError> {
@@ -495,21 +474,30 @@ mod tests {
     }
 
     #[test]
-    fn build_info_finds_the_root_hash_anywhere() {
+    fn reads_build_json() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("atoll.raw");
-        let h = "AB".repeat(32);
+        let h = "ab".repeat(32);
+        // As image-build writes it, with more fields than the tests use.
         std::fs::write(
             dir.path().join("build.json"),
             format!(
-                r#"{{"version":"0.1.0","slot":{{"sha256":"{}","verity_root_hash":"{h}"}}}}"#,
+                r#"{{"version":"0.1.0","build_id":"x","verity_root_hash":"{h}",
+                "verity_salt":"{}","init_data_start":96,"init_data_end":63682,"qcow2":null}}"#,
                 "cd".repeat(32)
             ),
         )
         .unwrap();
         let info = build_info(&image).unwrap();
-        assert_eq!(info.verity, h.to_ascii_lowercase());
-        assert_eq!(info.version.as_deref(), Some("0.1.0"));
+        assert_eq!(info.verity_root_hash, h);
+        assert_eq!(info.version, "0.1.0");
+        assert_eq!((info.init_data_start, info.init_data_end), (96, 63682));
+        std::fs::write(
+            dir.path().join("build.json"),
+            r#"{"version":"x","verity_root_hash":"zz","init_data_start":0,"init_data_end":1}"#,
+        )
+        .unwrap();
+        assert!(build_info(&image).is_err());
         std::fs::write(dir.path().join("build.json"), r#"{"version":"x"}"#).unwrap();
         assert!(build_info(&image).is_err());
     }

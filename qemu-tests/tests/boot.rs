@@ -26,10 +26,10 @@ fn boot_fresh(name: &str, firmware: Firmware) -> Result<Vm, VmError> {
         vm.check(s.good, || {
             format!("slot {slot} of a fresh disk is not good: {s:?}")
         })?;
-        vm.check(s.verity == build.verity, || {
+        vm.check(s.verity == build.verity_root_hash, || {
             format!(
                 "slot {slot}'s verity hash {:?} is not build.json's {:?}",
-                s.verity, build.verity
+                s.verity, build.verity_root_hash
             )
         })?;
     }

@@ -43,10 +43,21 @@ fn ready_on(slot: Slot) -> Result<Pattern, VmError> {
 /// A byte inside init's data in slot A (the first 4 KiB block after the
 /// squashfs superblock): GRUB never reads it, the kernel reads it through
 /// dm-verity as soon as the root is mounted.
-const CORRUPT_AT: u64 = disk::ROOT_A_OFFSET + 4000;
+const CORRUPT_AT_IN_SLOT: u64 = 4000;
 
 #[test]
 fn corrupt_root_never_gets_ready_and_falls_back_to_b() -> Result<(), VmError> {
+    let build = disk::build_info(&disk::base_image()?)?;
+    let init_data = build.init_data_start..build.init_data_end;
+    if !init_data.contains(&CORRUPT_AT_IN_SLOT) {
+        return Err(disk::DiskError::BuildInfo {
+            path: "build.json".into(),
+            reason: format!(
+                "init's data is at {init_data:?} in the slot: byte {CORRUPT_AT_IN_SLOT} is not in it"
+            ),
+        }
+        .into());
+    }
     let (copy, mut state) = raw_copy()?;
     // Slot A on trial with two tries, B good: a slot marked good would
     // retry forever; this way GRUB must give up on A.
@@ -55,7 +66,7 @@ fn corrupt_root_never_gets_ready_and_falls_back_to_b() -> Result<(), VmError> {
     state.a.tries = 2;
     state.b.good = true;
     disk::write_grubenv(copy.path(), &state)?;
-    disk::flip_byte(copy.path(), CORRUPT_AT)?;
+    disk::flip_byte(copy.path(), disk::ROOT_A_OFFSET + CORRUPT_AT_IN_SLOT)?;
 
     // UEFI: this also covers GRUB's save_env (try counting) under OVMF.
     let vm = Vm::builder("corrupt_root_falls_back")
