@@ -46,8 +46,8 @@ pub enum DataError {
     },
     #[error("{MKE2FS} on {device} failed: {status}")]
     Mkfs { device: PathBuf, status: String },
-    #[error("statfs {path}")]
-    Statfs { path: PathBuf, source: Errno },
+    #[error("{device} has no readable ext4 superblock")]
+    Superblock { device: PathBuf },
     #[error("growing the file system on {path} to {blocks} blocks")]
     Resize {
         path: PathBuf,
@@ -95,6 +95,31 @@ pub fn classify(head: &[u8]) -> Content {
     }
 }
 
+/// (block size, block count) from an ext2/3/4 superblock (the 1024 bytes at
+/// offset 1024 of the device). statfs is no use here: it leaves out the
+/// file system's own overhead.
+pub fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(sb.get(off..off + 4)?.try_into().ok()?))
+    };
+    if sb.get(0x38..0x3a)? != [0x53, 0xef] {
+        return None;
+    }
+    let log = u32_at(0x18)?;
+    if log > 6 {
+        return None;
+    }
+    let bsize = 1024u64 << log;
+    let lo = u64::from(u32_at(0x04)?);
+    let incompat_64bit = u32_at(0x60)? & 0x80 != 0;
+    let hi = if incompat_64bit {
+        u64::from(u32_at(0x150)?)
+    } else {
+        0
+    };
+    Some((bsize, hi << 32 | lo))
+}
+
 /// The operations DATA setup needs; [`RealSys`] does them for real.
 pub trait DataSys {
     fn read_layout(&mut self, disk: &Path) -> Result<DiskLayout, DataError>;
@@ -117,8 +142,8 @@ pub trait DataSys {
     fn mkfs(&mut self, device: &Path) -> Result<(), DataError>;
     fn mount_ext4(&mut self, device: &Path, target: &Path) -> Result<(), Errno>;
     fn mount_tmpfs(&mut self, target: &Path) -> Result<(), Errno>;
-    /// (block size, blocks) of the file system mounted on `target`.
-    fn fs_blocks(&mut self, target: &Path) -> Result<(u64, u64), DataError>;
+    /// (block size, blocks) of the ext4 file system on `device`, from its superblock.
+    fn fs_blocks(&mut self, device: &Path) -> Result<(u64, u64), DataError>;
     fn resize_fs(&mut self, target: &Path, blocks: u64) -> Result<(), DataError>;
     /// A line for the operator, on the console and in the log.
     fn say(&mut self, level: log::Level, line: &str);
@@ -338,7 +363,7 @@ fn setup_inner(
     // earlier boot started but did not complete).
     if let Some((first, last)) = extent {
         let part_bytes = (last - first + 1) * SECTOR;
-        match sys.fs_blocks(target) {
+        match sys.fs_blocks(&device) {
             Ok((bsize, blocks)) if bsize > 0 && part_bytes / bsize > blocks => {
                 let want = part_bytes / bsize;
                 match sys.resize_fs(target, want) {
@@ -504,12 +529,17 @@ impl DataSys for RealSys {
         )
     }
 
-    fn fs_blocks(&mut self, target: &Path) -> Result<(u64, u64), DataError> {
-        let st = nix::sys::statfs::statfs(target).map_err(|source| DataError::Statfs {
-            path: target.to_path_buf(),
-            source,
-        })?;
-        Ok((st.block_size() as u64, st.blocks()))
+    fn fs_blocks(&mut self, device: &Path) -> Result<(u64, u64), DataError> {
+        let mut sb = vec![0u8; 2048];
+        File::open(device)
+            .and_then(|mut f| f.read_exact(&mut sb))
+            .map_err(|source| DataError::Probe {
+                device: device.to_path_buf(),
+                source,
+            })?;
+        ext4_size(&sb[1024..]).ok_or_else(|| DataError::Superblock {
+            device: device.to_path_buf(),
+        })
     }
 
     fn resize_fs(&mut self, target: &Path, blocks: u64) -> Result<(), DataError> {
@@ -792,6 +822,25 @@ mod tests {
         b[700_000] = 1;
         assert_eq!(classify(&b), Content::Unknown);
         assert_eq!(classify(&[]), Content::Blank);
+    }
+
+    #[test]
+    fn reads_ext4_size_from_the_superblock() {
+        let mut sb = vec![0u8; 1024];
+        assert_eq!(ext4_size(&sb), None);
+        sb[0x38] = 0x53;
+        sb[0x39] = 0xef;
+        sb[0x18] = 2; // 4096-byte blocks
+        sb[0x04..0x08].copy_from_slice(&32768u32.to_le_bytes());
+        assert_eq!(ext4_size(&sb), Some((4096, 32768)));
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            ext4_size(&sb),
+            Some((4096, 32768)),
+            "hi ignored without 64bit"
+        );
+        sb[0x60] = 0x80;
+        assert_eq!(ext4_size(&sb), Some((4096, (1 << 32) + 32768)));
     }
 
     #[test]

@@ -52,8 +52,18 @@ pub struct MachineId {
     pub existed: bool,
 }
 
-/// Reads the id at `path`, or makes and stores a new one.
-pub fn load_or_create(path: &Path) -> Result<MachineId, MachineIdError> {
+/// The valid id stored at `path`, if any.
+pub fn load(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    valid(s).then(|| s.to_string())
+}
+
+/// Reads the id at `path`, or stores a new one from `make` (normally [`generate`]).
+pub fn load_or_create(
+    path: &Path,
+    make: impl FnOnce() -> Result<String, MachineIdError>,
+) -> Result<MachineId, MachineIdError> {
     if let Ok(s) = std::fs::read_to_string(path) {
         let s = s.trim();
         if valid(s) {
@@ -67,7 +77,7 @@ pub fn load_or_create(path: &Path) -> Result<MachineId, MachineIdError> {
             path.display()
         );
     }
-    let id = generate()?;
+    let id = make()?;
     let write_err = |source| MachineIdError::Write {
         path: path.to_path_buf(),
         source,
@@ -94,14 +104,14 @@ mod tests {
     fn made_once_then_kept() {
         let dir = TempDir::new("machine-id");
         let path = dir.path().join("lib/atoll/machine-id");
-        let first = load_or_create(&path).unwrap();
+        let first = load_or_create(&path, generate).unwrap();
         assert!(!first.existed);
         assert!(valid(&first.id), "{}", first.id);
-        let again = load_or_create(&path).unwrap();
+        let again = load_or_create(&path, generate).unwrap();
         assert_eq!(again.id, first.id);
         assert!(again.existed);
         std::fs::write(&path, "garbage").unwrap();
-        let fresh = load_or_create(&path).unwrap();
+        let fresh = load_or_create(&path, generate).unwrap();
         assert!(!fresh.existed && fresh.id != first.id);
     }
 

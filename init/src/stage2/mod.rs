@@ -68,7 +68,12 @@ pub fn main() -> ! {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map(|rt| rt.block_on(run(start_ms)))
+            .map(|rt| {
+                let kind = rt.block_on(run(start_ms));
+                // Do not wait for blocking tasks (a hung mount must not hold up the shutdown).
+                rt.shutdown_background();
+                kind
+            })
     });
     match outcome {
         Ok(Ok(kind)) => shutdown::execute(kind),
@@ -192,6 +197,20 @@ fn coldplug(trial: bool) -> Coldplugged {
     }
 }
 
+async fn join_coldplug(task: tokio::task::JoinHandle<Coldplugged>) -> Coldplugged {
+    match task.await {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("module coldplug failed: {e}");
+            Coldplugged {
+                db: None,
+                watchdog: None,
+                elapsed_ms: 0,
+            }
+        }
+    }
+}
+
 fn read_stage1() -> Option<Stage1Times> {
     let text = std::fs::read_to_string(layout::STAGE1_TIMES).ok()?;
     match serde_json::from_str(&text) {
@@ -235,6 +254,12 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let (tx, mut rx) = mpsc::unbounded_channel::<ShutdownKind>();
     let mut steps = Steps::starting_at(start_ms);
     tokio::task::spawn_local(reaper::run());
+    // A fresh machine id, in case this is the first boot: getrandom may
+    // wait for the kernel's entropy, so start now, beside the mounts.
+    let (id_tx, id_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = id_tx.send(machine_id::generate());
+    });
     watch_signals(&tx);
 
     // 1. Base mounts and cgroup2.
@@ -289,11 +314,23 @@ async fn boot(start_ms: u64) -> ShutdownKind {
 
     // Module coldplug runs beside DATA (it does not need /var).
     let trial = args.mode == Some(BootMode::Trial);
-    let coldplug_task = tokio::task::spawn_blocking(move || coldplug(trial));
+    let mut coldplug_task = tokio::task::spawn_blocking(move || coldplug(trial));
 
     // 3. DATA on /var.
     let sys = SysBlock::default();
-    let disk = boot_disk(&sys, stage1.as_ref(), args.slot);
+    let mut disk = boot_disk(&sys, stage1.as_ref(), args.slot);
+    let mut cold_early = None;
+    if disk.is_none() {
+        // Stage 1 normally loaded the storage drivers; if it did not (booted
+        // some other way), they come with the coldplug.
+        cold_early = Some(join_coldplug(coldplug_task).await);
+        coldplug_task = tokio::task::spawn_blocking(|| Coldplugged {
+            db: None,
+            watchdog: None,
+            elapsed_ms: 0,
+        });
+        disk = boot_disk(&sys, stage1.as_ref(), args.slot);
+    }
     let mut data_status = match &disk {
         Some(d) => {
             let loc = data::DataLocation {
@@ -334,13 +371,20 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let state_existed = Path::new(layout::VAR_MACHINE_ID).exists();
     let previous_shutdown =
         shutdown::previous_shutdown(Path::new(shutdown::CLEAN_MARKER), state_existed);
-    let machine_id = match machine_id::load_or_create(Path::new(layout::VAR_MACHINE_ID)) {
-        Ok(m) => m.id,
-        Err(e) => {
-            log::error!("machine id: {}", data::error_chain(&e));
-            machine_id::generate().unwrap_or_else(|_| "0".repeat(31) + "1")
-        }
+    let id_path = Path::new(layout::VAR_MACHINE_ID);
+    let fresh = if machine_id::load(id_path).is_some() {
+        None
+    } else {
+        id_rx.await.ok()
     };
+    let machine_id =
+        match machine_id::load_or_create(id_path, || fresh.unwrap_or_else(machine_id::generate)) {
+            Ok(m) => m.id,
+            Err(e) => {
+                log::error!("machine id: {}", data::error_chain(&e));
+                machine_id::generate().unwrap_or_else(|_| "0".repeat(31) + "1")
+            }
+        };
     let hostname = etc::default_hostname(&machine_id);
     if let Err(e) = mount_tmpfs("/etc", "mode=0755") {
         log::error!("mounting a tmpfs on /etc: {e}");
@@ -413,13 +457,9 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     steps.done("api");
 
     // Modules: needed for the virtio port, the power button and the ESP.
-    let cold = match coldplug_task.await {
-        Ok(c) => c,
-        Err(_) => Coldplugged {
-            db: None,
-            watchdog: None,
-            elapsed_ms: 0,
-        },
+    let cold = match cold_early {
+        Some(c) => c,
+        None => join_coldplug(coldplug_task).await,
     };
     steps.done("coldplug (wait)");
     let dog = Arc::new(Mutex::new(cold.watchdog));

@@ -40,6 +40,8 @@ pub enum PartitionError {
     },
     #[error("{disk} has no partition {number}")]
     NoPartition { disk: PathBuf, number: u32 },
+    #[error("{disk}: the used partition entries are not numbered 1..n; not rewriting a table that would be renumbered")]
+    NotContiguous { disk: PathBuf },
     #[error("clearing the old backup header of {disk}")]
     ClearBackup {
         disk: PathBuf,
@@ -196,6 +198,7 @@ pub fn grow(disk: &Path, number: u32, new_last_lba: u64) -> Result<(), Partition
             source,
         })?;
     let old_backup = gpt.header().backup_lba;
+    check_contiguous(disk, gpt.partitions())?;
     let mut parts = gpt.partitions().clone();
     let Some(p) = parts.get_mut(&number) else {
         return Err(PartitionError::NoPartition {
@@ -229,6 +232,7 @@ pub fn add_data(disk: &Path, first_lba: u64, last_lba: u64) -> Result<u32, Parti
             source,
         })?;
     let old_backup = gpt.header().backup_lba;
+    check_contiguous(disk, gpt.partitions())?;
     let parts = gpt.partitions().clone();
     gpt.update_partitions(parts).map_err(write_err)?;
     let number = gpt
@@ -251,6 +255,26 @@ pub fn add_data(disk: &Path, first_lba: u64, last_lba: u64) -> Result<u32, Parti
         clear_sector(disk, old_backup)?;
     }
     Ok(number)
+}
+
+/// The gpt crate writes the used entries packed from the start of the
+/// array, so a table with holes would be renumbered: refuse it.
+fn check_contiguous(
+    disk: &Path,
+    parts: &std::collections::BTreeMap<u32, gpt::partition::Partition>,
+) -> Result<(), PartitionError> {
+    let used: Vec<u32> = parts
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(n, _)| *n)
+        .collect();
+    if used.iter().enumerate().all(|(i, n)| *n == i as u32 + 1) {
+        Ok(())
+    } else {
+        Err(PartitionError::NotContiguous {
+            disk: disk.to_path_buf(),
+        })
+    }
 }
 
 fn clear_sector(disk: &Path, lba: u64) -> Result<(), PartitionError> {
