@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(mbr_code(&b, 1), Err(BiosError::BootImgSignature));
         let mut b = fake_boot_img();
         b[DRIVE_CHECK] = 0x90;
-        assert!(matches!(mbr_code(&b, 1), Err(BiosError::BootImgByte { .. })));
+        assert!(matches!(
+            mbr_code(&b, 1),
+            Err(BiosError::BootImgByte { .. })
+        ));
         assert!(matches!(
             patch_core_img(&fake_core(2 << 20), 2048, 1 << 20),
             Err(BiosError::CoreImgSize { .. })

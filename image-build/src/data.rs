@@ -27,7 +27,12 @@ pub enum DataError {
 }
 
 /// Makes the ext4 image `out` of `size` bytes.
-pub fn mke2fs(out: &Path, size: u64, uuid: &uuid::Uuid, hash_seed: &uuid::Uuid) -> Result<(), DataError> {
+pub fn mke2fs(
+    out: &Path,
+    size: u64,
+    uuid: &uuid::Uuid,
+    hash_seed: &uuid::Uuid,
+) -> Result<(), DataError> {
     let io = |source| DataError::Io {
         path: out.to_path_buf(),
         source,

@@ -183,9 +183,7 @@ impl Disk {
                     continue;
                 }
                 let at = spec.offset + pos + (i * SPARSE_BLOCK) as u64;
-                self.file
-                    .write_all_at(chunk, at)
-                    .map_err(io(&self.path))?;
+                self.file.write_all_at(chunk, at).map_err(io(&self.path))?;
                 written += chunk.len() as u64;
             }
             pos += n as u64;
@@ -237,7 +235,11 @@ fn partition_entry(spec: &PartitionSpec, ids: &DiskIds) -> Result<Partition, Dis
             guid,
             os: OperatingSystem::None,
         },
-        part_guid: ids.partitions.get(&spec.number).copied().unwrap_or_default(),
+        part_guid: ids
+            .partitions
+            .get(&spec.number)
+            .copied()
+            .unwrap_or_default(),
         first_lba,
         last_lba: first_lba + spec.size / SECTOR - 1,
         flags: 0,
@@ -263,7 +265,11 @@ pub fn verify_gpt(path: &Path, ids: &DiskIds) -> Result<(), DiskError> {
     if *gdisk.guid() != ids.disk {
         return Err(mismatch(format!("disk GUID {}", gdisk.guid())));
     }
-    let used: Vec<(&u32, &Partition)> = gdisk.partitions().iter().filter(|p| p.1.is_used()).collect();
+    let used: Vec<(&u32, &Partition)> = gdisk
+        .partitions()
+        .iter()
+        .filter(|p| p.1.is_used())
+        .collect();
     if used.len() != layout::PARTITIONS.len() {
         return Err(mismatch(format!("{} partitions", used.len())));
     }
@@ -347,7 +353,10 @@ mod tests {
             if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
                 assert!(text.contains("name=\"ROOT-B\""), "{text}");
-                assert!(text.contains(&ids.disk.to_string().to_uppercase()), "{text}");
+                assert!(
+                    text.contains(&ids.disk.to_string().to_uppercase()),
+                    "{text}"
+                );
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -358,7 +367,11 @@ mod tests {
         let dir = scratch("disk-big");
         let d = Disk::create(&dir.join("d.raw")).unwrap();
         let err = d
-            .write_bytes(layout::LABEL_BIOS_BOOT, "core.img", &vec![1u8; (2 << 20) as usize])
+            .write_bytes(
+                layout::LABEL_BIOS_BOOT,
+                "core.img",
+                &vec![1u8; (2 << 20) as usize],
+            )
             .unwrap_err();
         assert!(err.to_string().contains("BIOS-BOOT"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -77,7 +77,9 @@ pub fn grub_images(work: &Path) -> Result<GrubImages, EspError> {
                 .args(grubcfg::MODULES),
         )
     };
-    mkimage("x86_64-efi", GRUB_EFI_DIR, &efi, &[])?;
+    // efi_gop hands the kernel the firmware's frame buffer (else GRUB
+    // prints "no suitable video mode found" and boots "in blind mode").
+    mkimage("x86_64-efi", GRUB_EFI_DIR, &efi, &["efi_gop"])?;
     mkimage("i386-pc", GRUB_PC_DIR, &core, &["biosdisk"])?;
     Ok(GrubImages { efi, core })
 }
@@ -248,7 +250,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2100));
         build_fat(&b, 64 << 20, 0x1234_5678, 4096, &files, &dir.join("s")).unwrap();
         assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
-        assert_eq!(read_fat_file(&a, "/EFI/BOOT/BOOTX64.EFI").unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            read_fat_file(&a, "/EFI/BOOT/BOOTX64.EFI").unwrap(),
+            vec![1, 2, 3]
+        );
         assert_eq!(read_fat_file(&a, "/EFI/atoll/grubenv").unwrap().len(), 1024);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -223,7 +223,10 @@ mod tests {
         let c = grub_cfg();
         for l in ["A", "B"] {
             for t in 1..=MAX_TRIES {
-                let line = format!("[ \"${l}_TRY\" = {t} ]; then\n      set atoll_left={}", t - 1);
+                let line = format!(
+                    "[ \"${l}_TRY\" = {t} ]; then\n      set atoll_left={}",
+                    t - 1
+                );
                 assert!(c.contains(&line), "missing {line}");
             }
             assert!(!c.contains(&format!("[ \"${l}_TRY\" = 0 ]")));
@@ -239,9 +242,26 @@ mod tests {
         assert!(!c.contains("$(("));
         // Every command is one GRUB 2.06 has in the modules we build in.
         let allowed = [
-            "set", "serial", "terminal_input", "terminal_output", "regexp", "if", "elif",
-            "else", "fi", "echo", "load_env", "save_env", "for", "done", "break", "linux",
-            "initrd", "boot", "sleep", "reboot",
+            "set",
+            "serial",
+            "terminal_input",
+            "terminal_output",
+            "regexp",
+            "if",
+            "elif",
+            "else",
+            "fi",
+            "echo",
+            "load_env",
+            "save_env",
+            "for",
+            "done",
+            "break",
+            "linux",
+            "initrd",
+            "boot",
+            "sleep",
+            "reboot",
         ];
         for line in c.lines() {
             let w = line.trim_start();

@@ -146,7 +146,10 @@ impl Progress {
                 Ok(v)
             }
             Err(e) => {
-                println!("[{}/{}] {name}: failed ({secs:.1} s)", self.done, self.total);
+                println!(
+                    "[{}/{}] {name}: failed ({secs:.1} s)",
+                    self.done, self.total
+                );
                 Err(e)
             }
         }
@@ -207,14 +210,21 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
             Fetched::Cached => "cached",
             Fetched::Downloaded => "downloaded",
         };
-        let summary = format!("{} {} ({how}), release {}", pin.package, pin.version, k.release);
+        let summary = format!(
+            "{} {} ({how}), release {}",
+            pin.package, pin.version, k.release
+        );
         Ok((k, summary))
     })?;
 
     // 2. Module index of the whole kernel.
     let kmods = p.step("modules", || -> Result<_, Error> {
         let m = KernelModules::index(&kernel)?;
-        let summary = format!("{} modules in {}, shipping a subset", m.deps.len(), m.release);
+        let summary = format!(
+            "{} modules in {}, shipping a subset",
+            m.deps.len(),
+            m.release
+        );
         Ok((m, summary))
     })?;
 
@@ -265,25 +275,24 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
 
     // 5. Slot image: squashfs + dm-verity.
     let slot_img = work.join("slot.img");
-    let (squashfs_size, verity, init_range) =
-        p.step("slot image", || -> Result<_, Error> {
-            let sq = slot::mksquashfs(&rootfs, &work.join("squashfs.sort"), &slot_img)?;
-            let image = std::fs::read(&slot_img).map_err(io(&slot_img))?;
-            let init_bytes = std::fs::read(&opts.init).map_err(io(&opts.init))?;
-            let range = slot::check_init_first(&image, &init_bytes)?;
-            let sha: [u8; 32] = Sha256::digest(&image).into();
-            drop(image);
-            let v = slot::append_verity(&slot_img, &sha)?;
-            let total = std::fs::metadata(&slot_img).map_err(io(&slot_img))?.len();
-            slot::check_fits(total)?;
-            let summary = format!(
-                "squashfs {}, with verity {}, root hash {}",
-                size(sq),
-                size(total),
-                v.root_hash
-            );
-            Ok(((sq, v, range), summary))
-        })?;
+    let (squashfs_size, verity, init_range) = p.step("slot image", || -> Result<_, Error> {
+        let sq = slot::mksquashfs(&rootfs, &work.join("squashfs.sort"), &slot_img)?;
+        let image = std::fs::read(&slot_img).map_err(io(&slot_img))?;
+        let init_bytes = std::fs::read(&opts.init).map_err(io(&opts.init))?;
+        let range = slot::check_init_first(&image, &init_bytes)?;
+        let sha: [u8; 32] = Sha256::digest(&image).into();
+        drop(image);
+        let v = slot::append_verity(&slot_img, &sha)?;
+        let total = std::fs::metadata(&slot_img).map_err(io(&slot_img))?.len();
+        slot::check_fits(total)?;
+        let summary = format!(
+            "squashfs {}, with verity {}, root hash {}",
+            size(sq),
+            size(total),
+            v.root_hash
+        );
+        Ok(((sq, v, range), summary))
+    })?;
     let slot_sha = slot::sha256_file(&slot_img)?;
     let slot_size = std::fs::metadata(&slot_img).map_err(io(&slot_img))?.len();
 
@@ -321,7 +330,10 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
             &files,
             &work.join("esp-files"),
         )?;
-        Ok(((), format!("FAT32 {}, {} files", size(esp_size), files.len())))
+        Ok((
+            (),
+            format!("FAT32 {}, {} files", size(esp_size), files.len()),
+        ))
     })?;
 
     // 8. DATA.
@@ -422,6 +434,10 @@ mod tests {
             qcow2: false,
         };
         let err = build_disk(&opts).unwrap_err();
-        assert!(err.to_string().contains("cargo build --release -p atoll-init"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cargo build --release -p atoll-init"),
+            "{err}"
+        );
     }
 }

@@ -77,7 +77,9 @@ impl<W: Write> CpioWriter<W> {
         let pad = pad4(header.len() + namesize);
         self.out.write_all(&[0u8; 4][..1 + pad]).map_err(io)?;
         self.out.write_all(data).map_err(io)?;
-        self.out.write_all(&[0u8; 3][..pad4(data.len())]).map_err(io)?;
+        self.out
+            .write_all(&[0u8; 3][..pad4(data.len())])
+            .map_err(io)?;
         Ok(())
     }
 

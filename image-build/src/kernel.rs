@@ -186,10 +186,11 @@ pub fn unpack(deb: &Path, dest: &Path) -> Result<Kernel, KernelError> {
             found.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
-    let [release] = <[String; 1]>::try_from(found.clone()).map_err(|_| KernelError::ModulesDir {
-        path: modules.clone(),
-        found,
-    })?;
+    let [release] =
+        <[String; 1]>::try_from(found.clone()).map_err(|_| KernelError::ModulesDir {
+            path: modules.clone(),
+            found,
+        })?;
     let vmlinuz = dest.join("boot").join(format!("vmlinuz-{release}"));
     if !vmlinuz.is_file() {
         return Err(KernelError::NoVmlinuz { path: vmlinuz });

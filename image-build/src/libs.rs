@@ -54,7 +54,9 @@ pub fn parse_ldd(binary: &Path, text: &str) -> Result<LddOutput, LibsError> {
     let mut out = LddOutput::default();
     for raw in text.lines() {
         let line = raw.trim();
-        if line.is_empty() || line == "statically linked" || line.contains("not a dynamic executable")
+        if line.is_empty()
+            || line == "statically linked"
+            || line.contains("not a dynamic executable")
         {
             continue;
         }
@@ -178,7 +180,10 @@ mod tests {
             out.libs["libc.so.6"],
             PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")
         );
-        assert_eq!(out.loader, Some(PathBuf::from("/lib64/ld-linux-x86-64.so.2")));
+        assert_eq!(
+            out.loader,
+            Some(PathBuf::from("/lib64/ld-linux-x86-64.so.2"))
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ use image_build::kernel::Fetched;
 use image_build::workspace;
 
 #[derive(Debug, Parser)]
-#[command(name = "image-build", version, about = "Builds Atoll disk images without root")]
+#[command(
+    name = "image-build",
+    version,
+    about = "Builds Atoll disk images without root"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -104,7 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("build info: {}", out.join("build.json").display());
             println!();
-            println!("Boot it: ./run.sh (BIOS) or ./run.sh --uefi, or by hand on a throw-away overlay:");
+            println!(
+                "Boot it: ./run.sh (BIOS) or ./run.sh --uefi, or by hand on a throw-away overlay:"
+            );
             println!(
                 "  qemu-img create -f qcow2 -F raw -b {} /tmp/atoll.qcow2",
                 raw.display()

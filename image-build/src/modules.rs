@@ -284,7 +284,10 @@ kernel/drivers/net/unused.ko:
     #[test]
     fn names_follow_the_kernel() {
         assert_eq!(module_name("kernel/drivers/md/dm-mod.ko"), "dm_mod");
-        assert_eq!(module_name("kernel/fs/nls/nls_iso8859-1.ko.xz"), "nls_iso8859_1");
+        assert_eq!(
+            module_name("kernel/fs/nls/nls_iso8859-1.ko.xz"),
+            "nls_iso8859_1"
+        );
         assert_eq!(module_name("squashfs"), "squashfs");
     }
 
@@ -294,7 +297,11 @@ kernel/drivers/net/unused.ko:
         assert_eq!(t.len(), 10);
         let builtin = parse_builtin("kernel/fs/ext4/ext4.ko\n");
         let got = t
-            .closure(&["dm_verity", "virtio_pci", "nls_iso8859_1", "ext4"], &builtin, "k")
+            .closure(
+                &["dm_verity", "virtio_pci", "nls_iso8859_1", "ext4"],
+                &builtin,
+                "k",
+            )
             .unwrap();
         let want: BTreeSet<String> = [
             "kernel/drivers/md/dm-verity.ko",

@@ -147,7 +147,14 @@ pub fn mksquashfs(tree: &Tree, sort_file: &Path, out: &Path) -> Result<u64, Slot
             .arg(tree.root())
             .arg(out)
             .args(["-comp", "gzip", "-noappend", "-all-root", "-no-xattrs"])
-            .args(["-mkfs-time", "0", "-all-time", "0", "-no-progress", "-quiet"])
+            .args([
+                "-mkfs-time",
+                "0",
+                "-all-time",
+                "0",
+                "-no-progress",
+                "-quiet",
+            ])
             .arg("-sort")
             .arg(sort_file),
     )?;
@@ -385,7 +392,8 @@ mod tests {
         let t = Tree::create(&dir.join("root")).unwrap();
         // Names that sort before usr/ and would come first without -sort.
         t.file("aaa/big", &vec![7u8; 300_000], 0o644).unwrap();
-        t.file("boot/vmlinuz", &fake_init()[..200_000], 0o644).unwrap();
+        t.file("boot/vmlinuz", &fake_init()[..200_000], 0o644)
+            .unwrap();
         let init = fake_init();
         t.file(layout::SLOT_INIT, &init, 0o755).unwrap();
         t.normalize_modes().unwrap();

@@ -197,10 +197,8 @@ pub(crate) mod tests {
 
     /// A fresh scratch directory for one test.
     pub(crate) fn scratch(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
-            "image-build-test-{}-{name}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("image-build-test-{}-{name}", std::process::id()));
         if p.exists() {
             std::fs::remove_dir_all(&p).unwrap();
         }
@@ -225,9 +223,21 @@ pub(crate) mod tests {
         let pos = |p: &str| paths.iter().position(|x| *x == p).unwrap();
         assert!(pos("etc/a") < pos("etc/a/c"));
         let init = w.iter().find(|e| e.path == "usr/lib/atoll/init").unwrap();
-        assert_eq!(init.kind, Kind::File { mode: 0o755, size: 4 });
+        assert_eq!(
+            init.kind,
+            Kind::File {
+                mode: 0o755,
+                size: 4
+            }
+        );
         let c = w.iter().find(|e| e.path == "etc/a/c").unwrap();
-        assert_eq!(c.kind, Kind::File { mode: 0o644, size: 2 });
+        assert_eq!(
+            c.kind,
+            Kind::File {
+                mode: 0o644,
+                size: 2
+            }
+        );
         let lib = w.iter().find(|e| e.path == "lib").unwrap();
         assert_eq!(
             lib.kind,
