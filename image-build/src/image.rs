@@ -381,6 +381,11 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
         })?;
         Some("atoll.qcow2".to_string())
     } else {
+        // A qcow2 from an earlier build would no longer match atoll.raw.
+        let stale = out.join("atoll.qcow2");
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(io(&stale))?;
+        }
         None
     };
 
