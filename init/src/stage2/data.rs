@@ -156,6 +156,9 @@ pub struct DataLocation {
     pub disk: PathBuf,
     /// The DATA partition's device as the kernel lists it, if it does.
     pub device: Option<PathBuf>,
+    /// The kernel's view: disk size and DATA's (first, last) LBA. When DATA
+    /// already ends at the end of the disk the GPT is not read at all.
+    pub kernel_view: Option<(u64, (u64, u64))>,
 }
 
 /// The device node of partition `number` of `disk` (vda → vda5, nvme0n1 → nvme0n1p5).
@@ -203,118 +206,143 @@ fn setup_inner(
     let mut device = loc.device.clone();
     let mut grown_to: Option<(u64, u64)> = None; // (first, last) LBA after growing
     let mut extent: Option<(u64, u64)> = None;
-    match sys.read_layout(&loc.disk) {
-        Err(e) => {
-            let msg = error_chain(&e);
-            if device.is_none() {
-                sys.say(
+    let fast = match (&device, loc.kernel_view) {
+        (Some(_), Some((sectors, (first, last)))) => {
+            let end = DiskLayout {
+                sectors,
+                backup_lba: 0,
+                last_usable: 0,
+                entries: Vec::new(),
+            }
+            .aligned_end();
+            (last == end).then_some((first, last))
+        }
+        _ => None,
+    };
+    let layout = match fast {
+        // Grown already (a partition reaching there leaves no room for a
+        // misplaced backup header).
+        Some(e) => {
+            extent = Some(e);
+            None
+        }
+        None => Some(sys.read_layout(&loc.disk)),
+    };
+    match layout {
+        None => {}
+        Some(layout) => match layout {
+            Err(e) => {
+                let msg = error_chain(&e);
+                if device.is_none() {
+                    sys.say(
                     log::Level::Error,
                     &format!("atoll: cannot read the partition table of {}: {msg}; /var is a tmpfs for this boot", loc.disk.display()),
                 );
-                return Err((None, format!("partition table unreadable: {msg}")));
-            }
-            sys.say(
-                log::Level::Warn,
-                &format!(
-                    "atoll: cannot read the partition table of {} ({msg}); using DATA as it is",
-                    loc.disk.display()
-                ),
-            );
-        }
-        Ok(l) => {
-            let plan = l.plan();
-            match plan {
-                PartitionPlan::Keep { number } => {
-                    device.get_or_insert_with(|| partition_device(&loc.disk, number));
-                    extent = l.data().map(|d| (d.first_lba, d.last_lba));
+                    return Err((None, format!("partition table unreadable: {msg}")));
                 }
-                PartitionPlan::MoveBackup { number } => {
-                    device.get_or_insert_with(|| partition_device(&loc.disk, number));
-                    extent = l.data().map(|d| (d.first_lba, d.last_lba));
-                    if let Some(d) = l.data() {
-                        if let Err(e) = sys.grow_gpt(&loc.disk, number, d.last_lba) {
-                            sys.say(
+                sys.say(
+                    log::Level::Warn,
+                    &format!(
+                        "atoll: cannot read the partition table of {} ({msg}); using DATA as it is",
+                        loc.disk.display()
+                    ),
+                );
+            }
+            Ok(l) => {
+                let plan = l.plan();
+                match plan {
+                    PartitionPlan::Keep { number } => {
+                        device.get_or_insert_with(|| partition_device(&loc.disk, number));
+                        extent = l.data().map(|d| (d.first_lba, d.last_lba));
+                    }
+                    PartitionPlan::MoveBackup { number } => {
+                        device.get_or_insert_with(|| partition_device(&loc.disk, number));
+                        extent = l.data().map(|d| (d.first_lba, d.last_lba));
+                        if let Some(d) = l.data() {
+                            if let Err(e) = sys.grow_gpt(&loc.disk, number, d.last_lba) {
+                                sys.say(
+                                    log::Level::Warn,
+                                    &format!(
+                                        "atoll: moving the backup GPT header failed: {}",
+                                        error_chain(&e)
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    PartitionPlan::Grow {
+                        number,
+                        new_last_lba,
+                    } => {
+                        let dev = device
+                            .get_or_insert_with(|| partition_device(&loc.disk, number))
+                            .clone();
+                        let first = l.data().map(|d| d.first_lba).unwrap_or(0);
+                        extent = l.data().map(|d| (d.first_lba, d.last_lba));
+                        let grow = sys
+                            .grow_gpt(&loc.disk, number, new_last_lba)
+                            .and_then(|()| {
+                                sys.kernel_partition(
+                                    &loc.disk,
+                                    number,
+                                    first * SECTOR,
+                                    (new_last_lba - first + 1) * SECTOR,
+                                    false,
+                                )
+                            });
+                        match grow {
+                            Ok(()) => {
+                                grown_to = Some((first, new_last_lba));
+                                extent = grown_to;
+                            }
+                            Err(e) => sys.say(
                                 log::Level::Warn,
                                 &format!(
-                                    "atoll: moving the backup GPT header failed: {}",
+                                    "atoll: growing DATA ({}) failed, keeping its size: {}",
+                                    dev.display(),
                                     error_chain(&e)
                                 ),
-                            );
+                            ),
                         }
                     }
-                }
-                PartitionPlan::Grow {
-                    number,
-                    new_last_lba,
-                } => {
-                    let dev = device
-                        .get_or_insert_with(|| partition_device(&loc.disk, number))
-                        .clone();
-                    let first = l.data().map(|d| d.first_lba).unwrap_or(0);
-                    extent = l.data().map(|d| (d.first_lba, d.last_lba));
-                    let grow = sys
-                        .grow_gpt(&loc.disk, number, new_last_lba)
-                        .and_then(|()| {
-                            sys.kernel_partition(
-                                &loc.disk,
-                                number,
-                                first * SECTOR,
-                                (new_last_lba - first + 1) * SECTOR,
-                                false,
-                            )
-                        });
-                    match grow {
-                        Ok(()) => {
-                            grown_to = Some((first, new_last_lba));
-                            extent = grown_to;
-                        }
-                        Err(e) => sys.say(
+                    PartitionPlan::Add {
+                        first_lba,
+                        last_lba,
+                    } => {
+                        sys.say(
                             log::Level::Warn,
                             &format!(
-                                "atoll: growing DATA ({}) failed, keeping its size: {}",
-                                dev.display(),
-                                error_chain(&e)
+                                "atoll: no DATA partition on {}: adding one over the free space",
+                                loc.disk.display()
                             ),
-                        ),
-                    }
-                }
-                PartitionPlan::Add {
-                    first_lba,
-                    last_lba,
-                } => {
-                    sys.say(
-                        log::Level::Warn,
-                        &format!(
-                            "atoll: no DATA partition on {}: adding one over the free space",
-                            loc.disk.display()
-                        ),
-                    );
-                    let number = sys
-                        .add_gpt(&loc.disk, first_lba, last_lba)
+                        );
+                        let number = sys
+                            .add_gpt(&loc.disk, first_lba, last_lba)
+                            .map_err(|e| (None, format!("adding DATA: {}", error_chain(&e))))?;
+                        sys.kernel_partition(
+                            &loc.disk,
+                            number,
+                            first_lba * SECTOR,
+                            (last_lba - first_lba + 1) * SECTOR,
+                            true,
+                        )
                         .map_err(|e| (None, format!("adding DATA: {}", error_chain(&e))))?;
-                    sys.kernel_partition(
-                        &loc.disk,
-                        number,
-                        first_lba * SECTOR,
-                        (last_lba - first_lba + 1) * SECTOR,
-                        true,
-                    )
-                    .map_err(|e| (None, format!("adding DATA: {}", error_chain(&e))))?;
-                    let dev = partition_device(&loc.disk, number);
-                    sys.wait_device(&dev)
-                        .map_err(|e| (Some(dev.clone()), error_chain(&e)))?;
-                    device = Some(dev);
-                    extent = Some((first_lba, last_lba));
-                }
-                PartitionPlan::NoRoom => {
-                    sys.say(
+                        let dev = partition_device(&loc.disk, number);
+                        sys.wait_device(&dev)
+                            .map_err(|e| (Some(dev.clone()), error_chain(&e)))?;
+                        device = Some(dev);
+                        extent = Some((first_lba, last_lba));
+                    }
+                    PartitionPlan::NoRoom => {
+                        sys.say(
                         log::Level::Error,
                         &format!("atoll: no DATA partition on {} and no room for one; /var is a tmpfs for this boot", loc.disk.display()),
                     );
-                    return Err((None, "no DATA partition and no room for one".into()));
+                        return Err((None, "no DATA partition and no room for one".into()));
+                    }
                 }
             }
-        }
+        },
     }
     let Some(device) = device else {
         return Err((None, "no DATA partition".into()));
@@ -422,6 +450,78 @@ pub fn fill_usage(status: &mut DataStatus, target: &Path) {
     }
 }
 
+/// Wraps a [`DataSys`] and records how long each call took (for the boot
+/// time split).
+#[derive(Debug, Default)]
+pub struct Timed<S> {
+    pub inner: S,
+    pub steps: Vec<atoll_common::api::BootStep>,
+}
+
+impl<S> Timed<S> {
+    fn time<T>(&mut self, name: &str, f: impl FnOnce(&mut S) -> T) -> T {
+        let start = crate::clock::boottime_us();
+        let r = f(&mut self.inner);
+        let ms = (crate::clock::boottime_us() - start) / 1000;
+        match self.steps.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.ms += ms,
+            None => self.steps.push(atoll_common::api::BootStep {
+                name: name.to_string(),
+                ms,
+            }),
+        }
+        r
+    }
+}
+
+impl<S: DataSys> DataSys for Timed<S> {
+    fn read_layout(&mut self, disk: &Path) -> Result<DiskLayout, DataError> {
+        self.time("data: read GPT", |s| s.read_layout(disk))
+    }
+    fn grow_gpt(&mut self, disk: &Path, number: u32, new_last_lba: u64) -> Result<(), DataError> {
+        self.time("data: grow GPT", |s| s.grow_gpt(disk, number, new_last_lba))
+    }
+    fn add_gpt(&mut self, disk: &Path, first_lba: u64, last_lba: u64) -> Result<u32, DataError> {
+        self.time("data: add to GPT", |s| s.add_gpt(disk, first_lba, last_lba))
+    }
+    fn kernel_partition(
+        &mut self,
+        disk: &Path,
+        number: u32,
+        start: u64,
+        length: u64,
+        add: bool,
+    ) -> Result<(), DataError> {
+        self.time("data: BLKPG", |s| {
+            s.kernel_partition(disk, number, start, length, add)
+        })
+    }
+    fn wait_device(&mut self, device: &Path) -> Result<(), DataError> {
+        self.time("data: wait for device", |s| s.wait_device(device))
+    }
+    fn probe(&mut self, device: &Path) -> Result<Content, DataError> {
+        self.time("data: probe", |s| s.probe(device))
+    }
+    fn mkfs(&mut self, device: &Path) -> Result<(), DataError> {
+        self.time("data: mke2fs", |s| s.mkfs(device))
+    }
+    fn mount_ext4(&mut self, device: &Path, target: &Path) -> Result<(), Errno> {
+        self.time("data: mount", |s| s.mount_ext4(device, target))
+    }
+    fn mount_tmpfs(&mut self, target: &Path) -> Result<(), Errno> {
+        self.time("data: mount tmpfs", |s| s.mount_tmpfs(target))
+    }
+    fn fs_blocks(&mut self, device: &Path) -> Result<(u64, u64), DataError> {
+        self.time("data: read superblock", |s| s.fs_blocks(device))
+    }
+    fn resize_fs(&mut self, target: &Path, blocks: u64) -> Result<(), DataError> {
+        self.time("data: resize ext4", |s| s.resize_fs(target, blocks))
+    }
+    fn say(&mut self, level: log::Level, line: &str) {
+        self.inner.say(level, line)
+    }
+}
+
 /// The real thing.
 #[derive(Debug, Default)]
 pub struct RealSys;
@@ -478,9 +578,14 @@ impl DataSys for RealSys {
             device: device.to_path_buf(),
             source,
         };
-        let f = File::open(device).map_err(err)?;
+        let mut f = File::open(device).map_err(err)?;
+        // The superblock first: on every boot but the first it is all we need.
         let mut head = Vec::with_capacity(PROBE_BYTES);
-        f.take(PROBE_BYTES as u64)
+        (&mut f).take(4096).read_to_end(&mut head).map_err(err)?;
+        if classify(&head) == Content::Ext4 {
+            return Ok(Content::Ext4);
+        }
+        f.take(PROBE_BYTES as u64 - head.len() as u64)
             .read_to_end(&mut head)
             .map_err(err)?;
         Ok(classify(&head))
@@ -670,6 +775,7 @@ mod tests {
         DataLocation {
             disk: "/dev/vda".into(),
             device: Some("/dev/vda5".into()),
+            kernel_view: None,
         }
     }
 
@@ -735,6 +841,31 @@ mod tests {
     }
 
     #[test]
+    fn grown_partition_skips_the_gpt() {
+        // The kernel already sees DATA up to the last MiB of a 4 GiB disk.
+        let first = layout::partition(layout::LABEL_DATA).unwrap().offset / SECTOR;
+        let end = 4096 * MIB_S - MIB_S - 1;
+        let mut l = loc();
+        l.kernel_view = Some((4096 * MIB_S, (first, end)));
+        let mut d = Double {
+            fs: (4096, (end - first + 1) * SECTOR / 4096),
+            ..Default::default()
+        };
+        let st = setup(&mut d, &l, Path::new("/var"));
+        assert_eq!(st.state, "mounted");
+        assert!(!has(&d.calls, "read_layout"), "{:?}", d.calls);
+        // Not yet grown: the GPT is read.
+        l.kernel_view = Some((4096 * MIB_S, (first, first + 128 * MIB_S - 1)));
+        let mut d = Double {
+            layout: Some(image_layout(4096, true)),
+            fs: (4096, 128 * 256),
+            ..Default::default()
+        };
+        assert_eq!(setup(&mut d, &l, Path::new("/var")).state, "grown");
+        assert!(has(&d.calls, "read_layout"));
+    }
+
+    #[test]
     fn blank_partition_is_created() {
         let mut d = Double {
             layout: Some(image_layout(layout::DISK_SIZE / layout::MIB, true)),
@@ -758,6 +889,7 @@ mod tests {
         let l = DataLocation {
             disk: "/dev/vda".into(),
             device: None,
+            kernel_view: None,
         };
         let st = setup(&mut d, &l, Path::new("/var"));
         assert_eq!(st.state, "created");
@@ -801,6 +933,7 @@ mod tests {
         let l = DataLocation {
             disk: "/dev/vda".into(),
             device: None,
+            kernel_view: None,
         };
         let mut d = Double::default();
         let st = setup(&mut d, &l, Path::new("/var"));

@@ -20,6 +20,7 @@ pub mod data;
 pub mod etc;
 pub mod ioctl;
 pub mod journal;
+pub mod kmsg;
 pub mod loghub;
 pub mod logstore;
 pub mod machine_id;
@@ -148,11 +149,9 @@ async fn run(start_ms: u64) -> ShutdownKind {
 struct Coldplugged {
     db: Option<ModuleDb>,
     watchdog: Option<watchdog::Watchdog>,
-    elapsed_ms: u64,
 }
 
 fn coldplug(trial: bool) -> Coldplugged {
-    let start = clock::boottime_ms();
     let db = match ModuleDb::for_running_kernel() {
         Ok(db) => db,
         Err(e) => {
@@ -160,21 +159,9 @@ fn coldplug(trial: bool) -> Coldplugged {
             return Coldplugged {
                 db: None,
                 watchdog: None,
-                elapsed_ms: 0,
             };
         }
     };
-    let report = db.coldplug();
-    for (m, why) in &report.failed {
-        log::warn!("module {m}: {why}");
-    }
-    // Not matched by modalias at coldplug time (evdev binds to input devices
-    // that appear only once `button` is loaded).
-    for m in ["button", "evdev", "virtio_console"] {
-        if let Err(e) = db.load(m) {
-            log::warn!("module {m}: {}", data::error_chain(&e));
-        }
-    }
     let mut dog = None;
     if trial {
         match db.load("softdog") {
@@ -188,12 +175,20 @@ fn coldplug(trial: bool) -> Coldplugged {
             Err(e) => log::warn!("trial boot: no watchdog: {}", data::error_chain(&e)),
         }
     }
+    let report = db.coldplug();
+    for (m, why) in &report.failed {
+        log::warn!("module {m}: {why}");
+    }
+    // Not matched by modalias at coldplug time (evdev binds to input devices
+    // that appear only once `button` is loaded).
+    for m in ["button", "evdev", "virtio_console"] {
+        if let Err(e) = db.load(m) {
+            log::warn!("module {m}: {}", data::error_chain(&e));
+        }
+    }
     Coldplugged {
         db: Some(db),
         watchdog: dog,
-        elapsed_ms: clock::boottime_ms()
-            .saturating_sub(start)
-            .max(report.elapsed_ms),
     }
 }
 
@@ -205,7 +200,6 @@ async fn join_coldplug(task: tokio::task::JoinHandle<Coldplugged>) -> Coldplugge
             Coldplugged {
                 db: None,
                 watchdog: None,
-                elapsed_ms: 0,
             }
         }
     }
@@ -261,14 +255,13 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         let _ = id_tx.send(machine_id::generate());
     });
     watch_signals(&tx);
+    steps.done("event loop");
 
     // 1. Base mounts and cgroup2.
     for e in mounts::mount_base() {
         log::error!("{}", data::error_chain(&e));
     }
-    if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
-        log::warn!("cgroup controllers: {e}");
-    }
+    steps.done("mounts");
     let args = match BootArgs::from_proc() {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
@@ -281,7 +274,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         }
     };
     let stage1 = read_stage1();
-    steps.done("mounts");
+    steps.done("cmdline");
 
     // 2. The journald socket, early: records wait in memory until /var.
     match journal::bind(Path::new(layout::JOURNAL_SOCKET)) {
@@ -312,9 +305,11 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     steps.done("journal socket");
 
-    // Module coldplug runs beside DATA (it does not need /var).
+    // Module coldplug waits until after ready (nothing before ready needs
+    // it, and under one CPU it would only slow the way there), except on a
+    // trial boot, which wants its watchdog armed early.
     let trial = args.mode == Some(BootMode::Trial);
-    let mut coldplug_task = tokio::task::spawn_blocking(move || coldplug(trial));
+    let mut coldplug_task = trial.then(|| tokio::task::spawn_blocking(move || coldplug(trial)));
 
     // 3. DATA on /var.
     let sys = SysBlock::default();
@@ -323,26 +318,36 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     if disk.is_none() {
         // Stage 1 normally loaded the storage drivers; if it did not (booted
         // some other way), they come with the coldplug.
-        cold_early = Some(join_coldplug(coldplug_task).await);
-        coldplug_task = tokio::task::spawn_blocking(|| Coldplugged {
-            db: None,
-            watchdog: None,
-            elapsed_ms: 0,
-        });
+        let task = coldplug_task
+            .take()
+            .unwrap_or_else(|| tokio::task::spawn_blocking(move || coldplug(trial)));
+        cold_early = Some(join_coldplug(task).await);
         disk = boot_disk(&sys, stage1.as_ref(), args.slot);
     }
     let mut data_status = match &disk {
         Some(d) => {
+            let part = sys.find(d, layout::LABEL_DATA);
+            let kernel_view = part.as_ref().and_then(|p| {
+                let start = sys.start(&p.name)?;
+                let size = sys.size(&p.name)?;
+                Some((sys.size(d)?, (start, start + size.checked_sub(1)?)))
+            });
             let loc = data::DataLocation {
                 disk: Path::new("/dev").join(d),
-                device: sys.find(d, layout::LABEL_DATA).map(|p| p.device()),
+                device: part.map(|p| p.device()),
+                kernel_view,
             };
             let r = tokio::task::spawn_blocking(move || {
-                data::setup(&mut data::RealSys, &loc, Path::new("/var"))
+                let mut sys = data::Timed::<data::RealSys>::default();
+                let st = data::setup(&mut sys, &loc, Path::new("/var"));
+                (st, sys.steps)
             })
             .await;
             match r {
-                Ok(s) => s,
+                Ok((s, data_steps)) => {
+                    steps.steps.extend(data_steps);
+                    s
+                }
                 Err(e) => {
                     let _ = mount_tmpfs("/var", "mode=0755");
                     DataStatus {
@@ -365,7 +370,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         }
     };
     data::fill_usage(&mut data_status, Path::new("/var"));
-    steps.done("data");
+    steps.done("data (total)");
 
     // 4. Machine id, how the last boot ended, /etc.
     let state_existed = Path::new(layout::VAR_MACHINE_ID).exists();
@@ -456,12 +461,51 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     };
     steps.done("api");
 
+    // 7. Ready.
+    let ready_ms = clock::boottime_ms();
+    let slot = args.slot.map(|s| s.letter()).unwrap_or("?");
+    let ready = format!(
+        "{} version={} slot={slot}",
+        layout::READY_PREFIX,
+        atoll_common::VERSION
+    );
+    console::line(&ready);
+    hub.push_quiet(init_record(5, ready));
+    if !api_up {
+        log::error!("ready without the API socket");
+    }
+    steps.done("ready");
+    {
+        let mut s = lock(&status);
+        s.ready = true;
+        s.boot_times = status::boot_times(stage1.as_ref(), start_ms, Some(ready_ms), &steps.steps);
+    }
+    let t = lock(&status).boot_times.clone();
+    log::info!(
+        "boot took {} ms: kernel {} ms, stage 1 {} ms, stage 2 {} ms",
+        t.total_ms,
+        t.kernel_ms,
+        t.stage1_ms,
+        t.stage2_ms
+    );
+
+    // 8. After ready: cgroup controllers, kernel messages, modules, devices.
+    if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
+        log::warn!("cgroup controllers: {e}");
+    }
+    tokio::task::spawn_local(kmsg::run(hub));
+    steps.done("after ready: cgroups");
     // Modules: needed for the virtio port, the power button and the ESP.
     let cold = match cold_early {
         Some(c) => c,
-        None => join_coldplug(coldplug_task).await,
+        None => {
+            let task = coldplug_task
+                .take()
+                .unwrap_or_else(|| tokio::task::spawn_blocking(move || coldplug(trial)));
+            join_coldplug(task).await
+        }
     };
-    steps.done("coldplug (wait)");
+    steps.done("after ready: coldplug");
     let dog = Arc::new(Mutex::new(cold.watchdog));
     if dog.lock().map(|g| g.is_some()).unwrap_or(false) {
         let dog = dog.clone();
@@ -491,44 +535,12 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         let c = ctx.clone();
         supervise("API port", move || api::serve_port(port.clone(), c.clone()));
     }
-    steps.done("devices");
-
-    // 7. Ready.
-    let ready_ms = clock::boottime_ms();
-    let slot = args.slot.map(|s| s.letter()).unwrap_or("?");
-    let ready = format!(
-        "{} version={} slot={slot}",
-        layout::READY_PREFIX,
-        atoll_common::VERSION
-    );
-    console::line(&ready);
-    hub.push_quiet(init_record(5, ready));
-    if !api_up {
-        log::error!("ready without the API socket");
-    }
-    if let Some(w) = dog.lock().ok().and_then(|mut g| g.take()) {
+    if let Some(w) = lock(&dog).take() {
         w.disarm();
     }
-    let mut stage2_steps = steps.steps.clone();
-    stage2_steps.push(atoll_common::api::BootStep {
-        name: "coldplug (in the background)".into(),
-        ms: cold.elapsed_ms,
-    });
-    {
-        let mut s = lock(&status);
-        s.ready = true;
-        s.boot_times = status::boot_times(stage1.as_ref(), start_ms, Some(ready_ms), &stage2_steps);
-    }
-    let t = lock(&status).boot_times.clone();
-    log::info!(
-        "boot took {} ms: kernel {} ms, stage 1 {} ms, stage 2 {} ms",
-        t.total_ms,
-        t.kernel_ms,
-        t.stage1_ms,
-        t.stage2_ms
-    );
+    steps.done("after ready: devices");
 
-    // 8. Mark the boot good.
+    // 9. Mark the boot good.
     let esp = disk
         .as_deref()
         .and_then(|d| sys.find(d, layout::LABEL_ESP))
@@ -579,7 +591,9 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             lock(&status).grubenv = "unreadable: no ESP partition".into();
         }
     }
-    steps.done("mark good");
+    steps.done("after ready: mark good");
+    lock(&status).boot_times =
+        status::boot_times(stage1.as_ref(), start_ms, Some(ready_ms), &steps.steps);
 
     // Serve until asked to stop.
     match rx.recv().await {

@@ -73,6 +73,24 @@ impl SysBlock {
         parts
     }
 
+    /// Size in 512-byte sectors of a disk or partition (`vda`, `vda5`).
+    pub fn size(&self, name: &str) -> Option<u64> {
+        self.read_u64(name, "size")
+    }
+
+    /// First sector of a partition.
+    pub fn start(&self, name: &str) -> Option<u64> {
+        self.read_u64(name, "start")
+    }
+
+    fn read_u64(&self, name: &str, file: &str) -> Option<u64> {
+        std::fs::read_to_string(self.root.join(name).join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The partition of `disk` named `label`.
     pub fn find(&self, disk: &str, label: &str) -> Option<BlockPart> {
         self.partitions(disk)
@@ -109,6 +127,8 @@ pub(crate) mod tests {
             let p = devices.join(format!("vda{n}"));
             std::fs::create_dir_all(&p).unwrap();
             std::fs::write(p.join("partition"), format!("{n}\n")).unwrap();
+            std::fs::write(p.join("start"), format!("{}\n", n * 2048)).unwrap();
+            std::fs::write(p.join("size"), "2048\n").unwrap();
             std::fs::write(
                 p.join("uevent"),
                 format!("MAJOR=253\nMINOR={n}\nDEVNAME=vda{n}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n"),
@@ -131,6 +151,10 @@ pub(crate) mod tests {
         let data = sb.find("vda", "DATA").unwrap();
         assert_eq!(data.device(), PathBuf::from("/dev/vda5"));
         assert_eq!(data.number, Some(5));
+        assert_eq!(
+            (sb.start("vda5"), sb.size("vda5")),
+            (Some(10240), Some(2048))
+        );
         assert_eq!(sb.find("vda", "ROOT-B"), None);
         assert_eq!(sb.disk_with("ESP").as_deref(), Some("vda"));
         assert_eq!(sb.partitions("vda").len(), 4);
