@@ -92,6 +92,15 @@ fn two_builds_are_identical() {
         std::fs::remove_dir_all(&scratch).unwrap();
     }
     let cache = kernel_cache(&scratch);
+    // Copies, so that a rebuild of target/release between the two builds
+    // (the target dir is shared) cannot change the inputs.
+    let bins = scratch.join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    let init_copy = bins.join("init");
+    let atollctl_copy = bins.join("atollctl");
+    std::fs::copy(&init, &init_copy).unwrap();
+    std::fs::copy(&atollctl, &atollctl_copy).unwrap();
+    let (init, atollctl) = (init_copy, atollctl_copy);
     let a = scratch.join("a");
     let b = scratch.join("b");
     let info_a = build(&a, &cache, &init, &atollctl);
