@@ -378,13 +378,12 @@ fn setup_inner(
         sys.say(
             log::Level::Error,
             &format!(
-                "atoll: ERROR: cannot mount DATA {}{what} on {}: {} ({errno}); not formatting it; /var is a tmpfs for this boot, data is untouched",
+                "atoll: ERROR: cannot mount DATA {}{what} on {}: {errno}; not formatting it; /var is a tmpfs for this boot, data is untouched",
                 device.display(),
                 target.display(),
-                errno.desc()
             ),
         );
-        return Err(fail(format!("mount: {} ({errno})", errno.desc())));
+        return Err(fail(format!("mount: {errno}")));
     }
 
     // Grow the file system to the partition (also finishes a grow that an

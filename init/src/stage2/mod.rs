@@ -247,7 +247,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let hub = LogHub::global();
     let (tx, mut rx) = mpsc::unbounded_channel::<ShutdownKind>();
     let mut steps = Steps::starting_at(start_ms);
-    tokio::task::spawn_local(reaper::run());
+    supervise("reaper", reaper::run);
     // A fresh machine id, in case this is the first boot: getrandom may
     // wait for the kernel's entropy, so start now, beside the mounts.
     let (id_tx, id_rx) = tokio::sync::oneshot::channel();

@@ -111,31 +111,51 @@ pub fn execute(kind: ShutdownKind) -> ! {
     }
 }
 
+/// Set by [`on_signal`] in the fallback loop: 1 = reboot, 2 = power off.
+static FALLBACK_REQUEST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+extern "C" fn on_signal(sig: nix::libc::c_int) {
+    use std::sync::atomic::Ordering;
+    // Only an atomic store: async-signal-safe.
+    match sig {
+        nix::libc::SIGTERM | nix::libc::SIGINT => FALLBACK_REQUEST.store(1, Ordering::SeqCst),
+        nix::libc::SIGUSR2 | nix::libc::SIGPWR => FALLBACK_REQUEST.store(2, Ordering::SeqCst),
+        _ => {}
+    }
+}
+
 /// The last resort if the event loop dies: reap children and wait for a
-/// shutdown signal, with nothing but blocking syscalls.
+/// shutdown signal, with nothing but plain syscalls. The signal handlers
+/// are replaced by one that sets a flag (whichever thread runs it), and
+/// the loop polls every 100 ms.
 pub fn fallback_loop() -> ! {
-    use nix::sys::signal::{SigSet, SigmaskHow};
-    let mut set = SigSet::empty();
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    use std::sync::atomic::Ordering;
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for s in [
-        Signal::SIGCHLD,
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGUSR2,
         Signal::SIGPWR,
     ] {
-        set.add(s);
+        // SAFETY: the handler only does an atomic store, which is
+        // async-signal-safe; no other code relies on the old handlers now.
+        let _ = unsafe { sigaction(s, &action) };
     }
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
     loop {
         while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             if st == WaitStatus::StillAlive {
                 break;
             }
         }
-        match set.wait() {
-            Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => execute(ShutdownKind::Reboot),
-            Ok(Signal::SIGUSR2) | Ok(Signal::SIGPWR) => execute(ShutdownKind::Poweroff),
-            _ => {}
+        match FALLBACK_REQUEST.load(Ordering::SeqCst) {
+            1 => execute(ShutdownKind::Reboot),
+            2 => execute(ShutdownKind::Poweroff),
+            _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
 }
