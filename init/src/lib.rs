@@ -16,3 +16,4 @@ pub mod modules;
 pub mod stage1;
 pub mod stage2;
 pub mod superblock;
+pub mod switch_root;

@@ -4,11 +4,20 @@
 //! `/usr/lib/modules/<release>/` (`modules.dep`, `modules.alias`,
 //! `modules.builtin`, and `modules.builtin.modinfo` when present) and loads
 //! modules with `finit_module(2)`, dependencies first. [`ModuleDb::coldplug`]
-//! does what udev does at boot for drivers: it reads every `modalias` file
-//! under /sys/devices, matches it against the `modules.alias` patterns
-//! (shell globs, as `fnmatch(3)` without flags) and loads what matches. It
-//! repeats while loading drivers makes new devices appear (virtio_pci
-//! creates the virtio devices that virtio_blk binds to).
+//! does what `udevadm trigger` and udev's kmod builtin do at boot for bus
+//! devices: it reads the `MODALIAS` of every device in `/sys/bus/*/devices`
+//! (from its `uevent`, which also covers the CPUs, whose devices have no
+//! `modalias` file), matches it against the `modules.alias` patterns (shell
+//! globs, as `fnmatch(3)` without flags) and loads what matches. It repeats,
+//! looking only at devices it has not seen, while loading drivers makes new
+//! devices appear (virtio_pci creates the virtio devices that virtio_blk
+//! binds to).
+//!
+//! Why the bus directories rather than a walk of /sys/devices: the walk
+//! visits ~3200 entries in a small QEMU guest and took 85–130 ms per pass
+//! under TCG; the bus listing reads ~270 entries for the same aliases.
+//! Class-only devices are not looked at: of them only input devices carry a
+//! MODALIAS (mousedev, joydev), which a server does not need at boot.
 //!
 //! Both init stages use it: stage 1 for the storage drivers in the
 //! initramfs, stage 2 for the rest from the root.
@@ -376,9 +385,15 @@ impl ModuleDb {
     /// (`fs-squashfs`), dependencies first. Returns whether anything was
     /// newly loaded: `Ok(false)` for built-in and already loaded modules.
     pub fn load(&self, name: &str) -> Result<bool, ModuleError> {
+        Ok(!self.load_all(name)?.is_empty())
+    }
+
+    /// As [`ModuleDb::load`], returning the modules newly loaded
+    /// (dependencies included, in load order).
+    pub fn load_all(&self, name: &str) -> Result<Vec<String>, ModuleError> {
         let mut newly = Vec::new();
         self.load_with(&RunningKernel, name, &mut HashSet::new(), &mut newly)?;
-        Ok(!newly.is_empty())
+        Ok(newly)
     }
 
     /// Loads `name` (a module name or alias) through `kernel`, appending what
@@ -448,22 +463,24 @@ impl ModuleDb {
         Ok(())
     }
 
-    /// Loads the drivers for the devices the kernel has found: every
-    /// `modalias` under /sys/devices matched against `modules.alias`. A
-    /// module that fails is recorded and logged, never fatal.
+    /// Loads the drivers for the devices the kernel has found: the
+    /// MODALIAS of every device under /sys/bus matched against
+    /// `modules.alias`. A module that fails is recorded and logged, never
+    /// fatal.
     pub fn coldplug(&self) -> ColdplugReport {
-        self.coldplug_with(&RunningKernel, Path::new("/sys/devices"))
+        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"))
     }
 
-    fn coldplug_with(&self, kernel: &dyn Kernel, devices: &Path) -> ColdplugReport {
+    fn coldplug_with(&self, kernel: &dyn Kernel, buses: &Path) -> ColdplugReport {
         let start = Instant::now();
         let mut report = ColdplugReport::default();
-        let mut seen = HashSet::new();
+        let mut devices = HashSet::new();
+        let mut aliases = HashSet::new();
         let mut done = HashSet::new();
         for _ in 0..MAX_COLDPLUG_PASSES {
             let mut fresh = Vec::new();
-            scan_modaliases(devices, &mut |alias| {
-                if seen.insert(alias.to_string()) {
+            scan_buses(buses, &mut devices, &mut |alias| {
+                if aliases.insert(alias.to_string()) {
                     fresh.push(alias.to_string());
                 }
             });
@@ -493,25 +510,27 @@ impl ModuleDb {
     }
 }
 
-/// Calls `found` with the content of every `modalias` file under `dir`,
-/// following real directories only (sysfs links form cycles).
-fn scan_modaliases(dir: &Path, found: &mut dyn FnMut(&str)) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Calls `found` with the MODALIAS of every device in `buses/*/devices/`
+/// that is not yet in `seen` (and adds it there).
+fn scan_buses(buses: &Path, seen: &mut HashSet<PathBuf>, found: &mut dyn FnMut(&str)) {
+    let Ok(buses) = std::fs::read_dir(buses) else {
         return;
     };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
+    for bus in buses.flatten() {
+        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
             continue;
         };
-        if kind.is_dir() {
-            scan_modaliases(&entry.path(), found);
-        } else if kind.is_file() && entry.file_name() == "modalias" {
-            if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                let alias = text.trim_end();
-                if !alias.is_empty() {
+        for device in devices.flatten() {
+            let path = device.path();
+            if seen.contains(&path) {
+                continue;
+            }
+            if let Ok(uevent) = std::fs::read_to_string(path.join("uevent")) {
+                if let Some(alias) = uevent.lines().find_map(|l| l.strip_prefix("MODALIAS=")) {
                     found(alias);
                 }
             }
+            seen.insert(path);
         }
     }
 }
@@ -918,7 +937,7 @@ alias pci:v*d*sv*sd*bc01sc00i* missing_driver
             for (module, dir, alias) in &self.hotplug {
                 if *module == name {
                     std::fs::create_dir_all(dir).unwrap();
-                    std::fs::write(dir.join("modalias"), format!("{alias}\n")).unwrap();
+                    std::fs::write(dir.join("uevent"), format!("MODALIAS={alias}\n")).unwrap();
                 }
             }
             self.loaded.borrow_mut().push(name.to_string());
@@ -1021,37 +1040,33 @@ alias pci:v*d*sv*sd*bc01sc00i* missing_driver
         assert!(matches!(err, Err(ModuleError::NotFound(_))));
     }
 
+    /// A device as sysfs shows it under /sys/bus/<bus>/devices/<name>.
+    fn device(tree: &Tree, bus: &str, name: &str, modalias: &str) {
+        tree.write(
+            &format!("sys/bus/{bus}/devices/{name}/uevent"),
+            &format!("DRIVER=x\nMODALIAS={modalias}\n"),
+        );
+    }
+
     #[test]
     fn coldplug_loads_each_match_once_and_follows_new_devices() {
         let tree = Tree::new("coldplug");
         let db = db(&tree);
-        let sys = tree.0.join("sys/devices");
-        let pci = sys.join("pci0000:00/0000:00:04.0");
-        tree.write(
-            "sys/devices/pci0000:00/0000:00:04.0/modalias",
-            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n",
-        );
-        tree.write(
-            "sys/devices/pci0000:00/0000:00:05.0/modalias",
-            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n",
-        );
-        tree.write(
-            "sys/devices/platform/serial8250/modalias",
-            "platform:serial8250\n",
-        );
-        // A link back up must not be followed.
-        std::os::unix::fs::symlink(&sys, pci.join("subsystem")).unwrap();
+        let pci = "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00";
+        device(&tree, "pci", "0000:00:04.0", pci);
+        device(&tree, "pci", "0000:00:05.0", pci);
+        device(&tree, "platform", "serial8250", "platform:serial8250");
+        tree.write("sys/bus/cpu/devices/cpu0/uevent", "DEVTYPE=cpu\n");
         let k = FakeKernel {
-            failing: vec!["missing_driver"],
             hotplug: vec![(
                 "virtio_pci",
-                pci.join("virtio0"),
+                tree.0.join("sys/bus/virtio/devices/virtio0"),
                 "virtio:d00000002v00001AF4",
             )],
             ..FakeKernel::default()
         };
         k.loaded.borrow_mut().push("virtio_ring".into());
-        let report = db.coldplug_with(&k, &sys);
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"));
         assert_eq!(
             report.loaded,
             [
@@ -1076,15 +1091,12 @@ alias pci:v*d*sv*sd*bc01sc00i* missing_driver
     fn coldplug_reports_a_failing_dependency() {
         let tree = Tree::new("depfail");
         let db = db(&tree);
-        tree.write(
-            "sys/devices/virtio0/modalias",
-            "virtio:d00000002v00001AF4\n",
-        );
+        device(&tree, "virtio", "virtio0", "virtio:d00000002v00001AF4");
         let k = FakeKernel {
             failing: vec!["virtio_ring"],
             ..FakeKernel::default()
         };
-        let report = db.coldplug_with(&k, &tree.0.join("sys/devices"));
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"));
         assert_eq!(report.loaded, ["virtio"]);
         assert_eq!(report.failed.len(), 1);
         assert!(
