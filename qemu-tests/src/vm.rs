@@ -699,6 +699,33 @@ impl Vm {
         api_client::status_of(self.api(&Request::Status)?).map_err(|e| self.api_error(e))
     }
 
+    /// Polls the status (every 250 ms, up to `timeout`) until `settled`
+    /// holds for it: for what the host finishes after its ready line, such
+    /// as marking the boot good. `what` names the awaited state in errors.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        settled: impl Fn(&Status) -> bool,
+    ) -> Result<Status, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status()?;
+            if settled(&status) {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let last = serde_json::to_string(&status).unwrap_or_default();
+                return Err(VmError::Timeout {
+                    awaited: format!("{what} in the host status (last status: {last})"),
+                    timeout,
+                    tail: Box::new(self.tail()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// The newest `lines` log records (0 = all kept), oldest first.
     pub fn logs(&self, lines: usize) -> Result<Vec<LogRecord>, VmError> {
         let req = Request::Logs {

@@ -2,6 +2,8 @@
 // Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use atoll_common::api::{BootMode, SlotStatus, Status};
 use atoll_common::layout::Slot;
 use qemu_tests::vm::{Ready, Vm, VmError};
@@ -23,9 +25,24 @@ pub fn slot_status(vm: &Vm, status: &Status, slot: Slot) -> Result<SlotStatus, V
         })
 }
 
+/// How long PID 1 may take after its ready line to read the boot state
+/// and mark the boot good (it loads the FAT driver and writes grubenv).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The status once the host has read its boot state after ready (the
+/// slot table is filled then).
+pub fn settled_status(vm: &Vm) -> Result<Status, VmError> {
+    vm.wait_status(
+        "the slot table (boot state read after ready)",
+        SETTLE_TIMEOUT,
+        |s| !s.slots.is_empty(),
+    )
+}
+
 /// Reads the status after `ready` and checks what every ready host must
-/// show: ready, booted from `slot` in `mode`, the ready line's version, and
-/// a read-only root on dm-verity that has seen no corruption.
+/// show: ready, booted from `slot` in `mode`, the ready line's version, a
+/// read-only root on dm-verity that has seen no corruption, and `slot`
+/// marked booted in the slot table.
 pub fn check_ready_status(
     vm: &Vm,
     ready: &Ready,
@@ -38,7 +55,7 @@ pub fn check_ready_status(
             ready.slot, ready.line
         )
     })?;
-    let s = vm.status()?;
+    let s = settled_status(vm)?;
     vm.check(s.ready, || {
         format!("status.ready is false after {:?}", ready.line)
     })?;
