@@ -191,7 +191,6 @@ pub fn done_of(request: &Request, responses: &[Response]) -> Result<(), ApiError
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixListener;

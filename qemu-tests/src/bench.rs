@@ -163,7 +163,6 @@ pub fn table(samples: &[BootSample]) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

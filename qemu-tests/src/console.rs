@@ -447,7 +447,6 @@ fn tail_loop(path: &Path, shared: &Shared) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::Write;
 

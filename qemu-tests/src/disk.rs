@@ -349,7 +349,6 @@ pub fn write_grubenv(image: &Path, state: &BootState) -> Result<(), DiskError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use atoll_common::layout::Slot;
 

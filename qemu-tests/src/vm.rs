@@ -793,7 +793,6 @@ impl Drop for Vm {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
