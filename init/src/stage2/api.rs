@@ -211,7 +211,12 @@ where
 {
     // Subscribe first so nothing falls between the tail and the stream.
     let mut rx = ctx.hub.subscribe();
-    let tail = ctx.hub.tail(lines, ident.as_deref());
+    let hub = ctx.hub;
+    let id = ident.clone();
+    // Reading up to 16 MiB of store is not for the event loop's thread.
+    let tail = tokio::task::spawn_blocking(move || hub.tail(lines, id.as_deref()))
+        .await
+        .unwrap_or_default();
     let mut last = tail.last().map(|r| r.boottime_us).unwrap_or(0);
     for r in tail {
         if !send(writer, &Response::Log(r)).await {

@@ -149,7 +149,12 @@ impl LogHub {
             |r: &LogRecord| ident.is_none_or(|i| r.ident == i || r.container.as_deref() == Some(i));
         let inner = self.lock();
         match inner.store.as_ref() {
-            Some(store) if !inner.store_failed => store.tail(n, matches),
+            Some(store) if !inner.store_failed => {
+                // Read the files without holding the lock (they may be big).
+                let dir = store.dir().to_path_buf();
+                drop(inner);
+                super::logstore::tail_dir(&dir, n, matches)
+            }
             _ => {
                 let mut v: Vec<LogRecord> = inner
                     .memory

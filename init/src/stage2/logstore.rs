@@ -128,31 +128,37 @@ impl LogStore {
 
     /// The newest `n` records (all when `n` is 0) that pass `filter`, oldest first.
     pub fn tail(&self, n: usize, filter: impl Fn(&LogRecord) -> bool) -> Vec<LogRecord> {
-        let mut files = vec![self.dir.join(CURRENT)];
-        files.extend((1..=ROTATED_KEPT).map(|i| self.rotated(i)));
-        // Collected newest file first; each file's records in order.
-        let mut chunks: Vec<Vec<LogRecord>> = Vec::new();
-        let mut count = 0;
-        for path in files {
-            let Ok(f) = File::open(&path) else { continue };
-            let records: Vec<LogRecord> = BufReader::new(f)
-                .split(b'\n')
-                .map_while(Result::ok)
-                .filter_map(|line| serde_json::from_slice::<LogRecord>(&line).ok())
-                .filter(|r| filter(r))
-                .collect();
-            count += records.len();
-            chunks.push(records);
-            if n != 0 && count >= n {
-                break;
-            }
-        }
-        let mut all: Vec<LogRecord> = chunks.into_iter().rev().flatten().collect();
-        if n != 0 && all.len() > n {
-            all.drain(..all.len() - n);
-        }
-        all
+        tail_dir(&self.dir, n, filter)
     }
+}
+
+/// [`LogStore::tail`] without the store: reads the files of the store in
+/// `dir`. Safe while a writer appends (a half-written last line is skipped).
+pub fn tail_dir(dir: &Path, n: usize, filter: impl Fn(&LogRecord) -> bool) -> Vec<LogRecord> {
+    let mut files = vec![dir.join(CURRENT)];
+    files.extend((1..=ROTATED_KEPT).map(|i| dir.join(format!("{CURRENT}.{i}"))));
+    // Collected newest file first; each file's records in order.
+    let mut chunks: Vec<Vec<LogRecord>> = Vec::new();
+    let mut count = 0;
+    for path in files {
+        let Ok(f) = File::open(&path) else { continue };
+        let records: Vec<LogRecord> = BufReader::new(f)
+            .split(b'\n')
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_slice::<LogRecord>(&line).ok())
+            .filter(|r| filter(r))
+            .collect();
+        count += records.len();
+        chunks.push(records);
+        if n != 0 && count >= n {
+            break;
+        }
+    }
+    let mut all: Vec<LogRecord> = chunks.into_iter().rev().flatten().collect();
+    if n != 0 && all.len() > n {
+        all.drain(..all.len() - n);
+    }
+    all
 }
 
 fn ends_with_newline(path: &Path) -> bool {

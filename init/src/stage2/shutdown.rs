@@ -104,6 +104,7 @@ pub fn execute(kind: ShutdownKind) -> ! {
             RebootMode::RB_AUTOBOOT
         }
     };
+    console::flush(Duration::from_secs(3));
     let e = reboot(mode).err();
     console::line(&format!("atoll: reboot(2) failed: {e:?}; halting here"));
     loop {
