@@ -411,4 +411,83 @@ mod tests {
             assert_eq!(got[1].message.len(), MAX_MESSAGE);
         });
     }
+    /// The real systemd-journal-logger (a dev-dependency) logging into our
+    /// socket. It only talks to /run/systemd/journal/socket, so the test
+    /// runs itself again under `unshare -m` with a private /run whose
+    /// socket path is a symlink to ours. Needs root and util-linux's
+    /// `unshare`; skipped (with a note) without them.
+    #[test]
+    fn real_systemd_journal_logger() {
+        const CHILD: &str = "ATOLL_JOURNAL_LOGGER_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let logger = systemd_journal_logger::JournalLog::new()
+                .unwrap()
+                .with_syslog_identifier("sjl-test".into());
+            let rec = |msg: &str, level| {
+                logger
+                    .journal_send(
+                        &log::Record::builder()
+                            .args(format_args!("{msg}"))
+                            .level(level)
+                            .target("sjl")
+                            .build(),
+                    )
+                    .unwrap()
+            };
+            rec("small\nwith a newline", log::Level::Warn);
+            rec(&"big ".repeat(100_000), log::Level::Info);
+            return;
+        }
+        if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/unshare").exists() {
+            eprintln!("skipped: needs root and /usr/bin/unshare");
+            return;
+        }
+        let dir = TempDir::new("journal-real");
+        let path = dir.path().join("socket");
+        let sock = bind(&path).unwrap();
+        let hub = LogHub::new(false);
+        let mut rx = hub.subscribe();
+        let exe = std::env::current_exe().unwrap();
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+             ln -s {} /run/systemd/journal/socket && \
+             exec {} --exact stage2::journal::tests::real_systemd_journal_logger --nocapture",
+            path.display(),
+            exe.display()
+        );
+        let mut child = std::process::Command::new("/usr/bin/unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env(CHILD, "1")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let server = serve(sock, &hub);
+            tokio::pin!(server);
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                tokio::select! {
+                    r = rx.recv() => got.push(r.unwrap()),
+                    _ = &mut server => panic!("server stopped"),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => break,
+                }
+            }
+            got
+        });
+        // Its status may be taken by another test's reaper: not waited for.
+        let _ = child.kill();
+        assert_eq!(got.len(), 2, "records received: {got:?}");
+        assert_eq!(got[0].message, "small\nwith a newline");
+        assert_eq!(got[0].ident, "sjl-test");
+        assert_eq!(got[0].priority, 4);
+        assert!(got[0].pid.is_some());
+        // Too big for a datagram: it came through a memfd (cut to MAX_MESSAGE).
+        assert_eq!(got[1].priority, 5);
+        assert_eq!(got[1].message.len(), MAX_MESSAGE);
+        assert!(got[1].message.starts_with("big big"));
+    }
 }
