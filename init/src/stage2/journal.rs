@@ -478,8 +478,9 @@ mod tests {
             }
             got
         });
-        // Its status may be taken by another test's reaper: not waited for.
+        // Its status may be taken by another test's reaper: errors ignored.
         let _ = child.kill();
+        let _ = child.wait();
         assert_eq!(got.len(), 2, "records received: {got:?}");
         assert_eq!(got[0].message, "small\nwith a newline");
         assert_eq!(got[0].ident, "sjl-test");
