@@ -1,13 +1,17 @@
 //! Stage 2: the host's PID 1, run from the verified root after stage 1
-//! switched into it (docs/boot.md, "Boot flow" step 4).
+//! switched into it (docs/boot.md, "Boot flow" step 4; docs/logging.md).
 //!
-//! In order: the base mounts and cgroup2; the journald socket; module
-//! coldplug (in the background); DATA on /var ([`data`]); the machine id
-//! and /etc ([`machine_id`], [`etc`]); the log store ([`logstore`]); the
-//! host API ([`api`]); then the ready line, and the boot is marked good in
-//! grubenv ([`bootstate`]). Afterwards it reaps orphans ([`reaper`]) and
-//! waits for a shutdown request (signals, the power button, the API), which
-//! [`shutdown`] carries out.
+//! Up to ready, in order: the base mounts ([`mounts`]); the journald socket
+//! ([`journal`]); DATA on /var ([`data`], [`partition`]); the machine id and
+//! /etc ([`machine_id`], [`etc`]); the log store ([`logstore`]); the host
+//! API socket ([`api`]); then the ready line. After it: cgroup controllers,
+//! kernel messages ([`kmsg`]), module coldplug, the power button
+//! ([`power_button`]) and the API's virtio-serial port, and the boot is
+//! marked good in grubenv ([`bootstate`]). A trial boot starts the coldplug
+//! at once instead, to arm the [`watchdog`] early. Every step's duration
+//! goes into the status's boot time split ([`status`]). Then PID 1 reaps
+//! orphans ([`reaper`]) and waits for a shutdown request (signals, the power
+//! button, the API), which [`shutdown`] carries out.
 //!
 //! PID 1 must never exit: panics in tasks are logged and the task is
 //! restarted; if the event loop itself dies, [`shutdown::fallback_loop`]
