@@ -149,62 +149,81 @@ async fn run(start_ms: u64) -> ShutdownKind {
     local.run_until(boot(start_ms)).await
 }
 
-/// What the background coldplug hands back.
-struct Coldplugged {
-    db: Option<ModuleDb>,
-    watchdog: Option<watchdog::Watchdog>,
+/// The trial-boot watchdog, shared by the module thread (which arms it)
+/// and the event loop (which feeds it, and disarms it at ready).
+#[derive(Debug, Default)]
+struct DogSlot {
+    dog: Option<watchdog::Watchdog>,
+    ready: bool,
 }
 
-fn coldplug(trial: bool) -> Coldplugged {
-    let db = match ModuleDb::for_running_kernel() {
-        Ok(db) => db,
+type SharedDog = Arc<Mutex<DogSlot>>;
+
+fn open_modules() -> Option<ModuleDb> {
+    match ModuleDb::for_running_kernel() {
+        Ok(db) => Some(db),
         Err(e) => {
             log::warn!("kernel modules unavailable: {}", data::error_chain(&e));
-            return Coldplugged {
-                db: None,
-                watchdog: None,
-            };
-        }
-    };
-    let mut dog = None;
-    if trial {
-        match db.load("softdog") {
-            Ok(_) => match watchdog::Watchdog::arm() {
-                Ok(w) => {
-                    log::info!("trial boot: watchdog armed until ready");
-                    dog = Some(w);
-                }
-                Err(e) => log::warn!("trial boot: cannot open /dev/watchdog: {e}"),
-            },
-            Err(e) => log::warn!("trial boot: no watchdog: {}", data::error_chain(&e)),
+            None
         }
     }
-    let report = db.coldplug();
-    for (m, why) in &report.failed {
-        log::warn!("module {m}: {why}");
-    }
-    // Not matched by modalias at coldplug time (evdev binds to input devices
-    // that appear only once `button` is loaded).
-    for m in ["button", "evdev", "virtio_console"] {
+}
+
+fn load_modules(db: &ModuleDb, names: &[&str]) {
+    for m in names {
         if let Err(e) = db.load(m) {
             log::warn!("module {m}: {}", data::error_chain(&e));
         }
     }
-    Coldplugged {
-        db: Some(db),
-        watchdog: dog,
+}
+
+/// Loads softdog and arms /dev/watchdog, unless the boot got ready meanwhile.
+fn arm_watchdog(db: &ModuleDb, slot: &SharedDog) {
+    if let Err(e) = db.load("softdog") {
+        log::warn!("trial boot: no watchdog: {}", data::error_chain(&e));
+        return;
+    }
+    let mut s = lock(slot);
+    if s.ready {
+        return;
+    }
+    match watchdog::Watchdog::arm() {
+        Ok(w) => {
+            log::info!("trial boot: watchdog armed until ready");
+            s.dog = Some(w);
+        }
+        Err(e) => log::warn!("trial boot: cannot open /dev/watchdog: {e}"),
     }
 }
 
-async fn join_coldplug(task: tokio::task::JoinHandle<Coldplugged>) -> Coldplugged {
+/// Every module the hardware asks for by modalias, plus the input ones that
+/// coldplug cannot match (evdev binds to input devices that appear only
+/// once `button` is loaded).
+fn coldplug_rest(db: &ModuleDb) {
+    let report = db.coldplug();
+    for (m, why) in &report.failed {
+        log::warn!("module {m}: {why}");
+    }
+    load_modules(db, &["button", "evdev"]);
+}
+
+/// Everything at once (trial boots, and boots where stage 1 left no disk).
+fn coldplug_all(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
+    let db = open_modules()?;
+    if trial {
+        arm_watchdog(&db, &dog);
+    }
+    load_modules(&db, &["virtio_console"]);
+    coldplug_rest(&db);
+    Some(db)
+}
+
+async fn join_modules(task: tokio::task::JoinHandle<Option<ModuleDb>>) -> Option<ModuleDb> {
     match task.await {
-        Ok(c) => c,
+        Ok(db) => db,
         Err(e) => {
             log::error!("module coldplug failed: {e}");
-            Coldplugged {
-                db: None,
-                watchdog: None,
-            }
+            None
         }
     }
 }
@@ -313,19 +332,27 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     // it, and under one CPU it would only slow the way there), except on a
     // trial boot, which wants its watchdog armed early.
     let trial = args.mode == Some(BootMode::Trial);
-    let mut coldplug_task = trial.then(|| tokio::task::spawn_blocking(move || coldplug(trial)));
+    let dog: SharedDog = Arc::default();
+    let mut modules_task = if trial {
+        let d = dog.clone();
+        tokio::task::spawn_local(feed_watchdog(dog.clone()));
+        Some(tokio::task::spawn_blocking(move || coldplug_all(true, d)))
+    } else {
+        None
+    };
 
     // 3. DATA on /var.
     let sys = SysBlock::default();
     let mut disk = boot_disk(&sys, stage1.as_ref(), args.slot);
-    let mut cold_early = None;
+    let mut modules_early = None;
     if disk.is_none() {
         // Stage 1 normally loaded the storage drivers; if it did not (booted
         // some other way), they come with the coldplug.
-        let task = coldplug_task
-            .take()
-            .unwrap_or_else(|| tokio::task::spawn_blocking(move || coldplug(trial)));
-        cold_early = Some(join_coldplug(task).await);
+        let task = modules_task.take().unwrap_or_else(|| {
+            let d = dog.clone();
+            tokio::task::spawn_blocking(move || coldplug_all(trial, d))
+        });
+        modules_early = Some(join_modules(task).await);
         disk = boot_disk(&sys, stage1.as_ref(), args.slot);
     }
     let mut data_status = match &disk {
@@ -493,55 +520,54 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         t.stage2_ms
     );
 
-    // 8. After ready: cgroup controllers, kernel messages, modules, devices.
+    // 8. After ready: modules (the API port first), cgroup controllers,
+    // kernel messages, the power button.
+    {
+        let mut d = lock(&dog);
+        d.ready = true;
+        if let Some(w) = d.dog.take() {
+            w.disarm();
+        }
+    }
+    // Modules: virtio_console first (the API port), then the rest (the
+    // power button; vfat for the ESP comes with marking the boot good).
+    let db = match (modules_early, modules_task.take()) {
+        (Some(db), _) => db,
+        (None, Some(task)) => join_modules(task).await,
+        (None, None) => {
+            let db = tokio::task::spawn_blocking(|| {
+                let db = open_modules();
+                if let Some(db) = &db {
+                    load_modules(db, &["virtio_console"]);
+                }
+                db
+            });
+            let db = join_modules(db).await;
+            start_virtio_port(&ctx).await;
+            steps.done("after ready: API port");
+            match db {
+                Some(db) => {
+                    join_modules(tokio::task::spawn_blocking(move || {
+                        coldplug_rest(&db);
+                        Some(db)
+                    }))
+                    .await
+                }
+                None => None,
+            }
+        }
+    };
+    steps.done("after ready: coldplug");
     if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
         log::warn!("cgroup controllers: {e}");
     }
     tokio::task::spawn_local(kmsg::run(hub));
     steps.done("after ready: cgroups");
-    // Modules: needed for the virtio port, the power button and the ESP.
-    let cold = match cold_early {
-        Some(c) => c,
-        None => {
-            let task = coldplug_task
-                .take()
-                .unwrap_or_else(|| tokio::task::spawn_blocking(move || coldplug(trial)));
-            join_coldplug(task).await
-        }
-    };
-    steps.done("after ready: coldplug");
-    let dog = Arc::new(Mutex::new(cold.watchdog));
-    if dog.lock().map(|g| g.is_some()).unwrap_or(false) {
-        let dog = dog.clone();
-        tokio::task::spawn_local(async move {
-            let until = tokio::time::Instant::now() + watchdog::PET_FOR;
-            while tokio::time::Instant::now() < until {
-                match dog.lock() {
-                    Ok(mut g) => match g.as_mut() {
-                        Some(w) => w.pet(),
-                        None => return,
-                    },
-                    Err(_) => return,
-                }
-                tokio::time::sleep(watchdog::PET_EVERY).await;
-            }
-            log::error!(
-                "trial boot not ready after {} s: the watchdog will reboot",
-                watchdog::PET_FOR.as_secs()
-            );
-        });
-    }
     for dev in power_buttons().await {
         let tx = tx.clone();
         tokio::task::spawn_local(power_button::watch(dev, tx));
     }
-    if let Some(port) = virtio_port().await {
-        let c = ctx.clone();
-        supervise("API port", move || api::serve_port(port.clone(), c.clone()));
-    }
-    if let Some(w) = lock(&dog).take() {
-        w.disarm();
-    }
+    start_virtio_port(&ctx).await;
     steps.done("after ready: devices");
 
     // 9. Mark the boot good.
@@ -552,16 +578,11 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let version = status::slot_version(Path::new(layout::SLOT_RELEASE));
     match (args.slot, esp) {
         (Some(slot), Some(esp)) => {
-            let db = cold.db;
             let verity = args.verity.clone();
             let damaged = args.grubenv_damaged;
             let r = tokio::task::spawn_blocking(move || {
                 if let Some(db) = &db {
-                    for m in ["vfat", "nls_cp437", "nls_ascii"] {
-                        if let Err(e) = db.load(m) {
-                            log::warn!("module {m}: {}", data::error_chain(&e));
-                        }
-                    }
+                    load_modules(db, &["vfat", "nls_cp437", "nls_ascii"]);
                 }
                 bootstate::mark_good_on_esp(&esp, slot, verity.as_deref(), damaged)
             })
@@ -611,6 +632,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
+}
+
+/// Serves the API on the virtio-serial port, once (later calls do nothing).
+async fn start_virtio_port(ctx: &Arc<api::ApiContext>) {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if let Some(port) = virtio_port().await {
+        STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        let c = ctx.clone();
+        supervise("API port", move || api::serve_port(port.clone(), c.clone()));
+    }
+}
+
+/// Feeds the trial-boot watchdog every [`watchdog::PET_EVERY`] until ready,
+/// for at most [`watchdog::PET_FOR`]: a boot stuck longer is taken as hung.
+async fn feed_watchdog(dog: SharedDog) {
+    let until = tokio::time::Instant::now() + watchdog::PET_FOR;
+    while tokio::time::Instant::now() < until {
+        {
+            let mut d = lock(&dog);
+            if d.ready {
+                return;
+            }
+            if let Some(w) = d.dog.as_mut() {
+                w.pet();
+            }
+        }
+        tokio::time::sleep(watchdog::PET_EVERY).await;
+    }
+    log::error!(
+        "trial boot not ready after {} s: the watchdog will reboot",
+        watchdog::PET_FOR.as_secs()
+    );
 }
 
 /// The power button event devices; the `button` driver may register them a
