@@ -468,60 +468,132 @@ impl ModuleDb {
     /// `modules.alias`. A module that fails is recorded and logged, never
     /// fatal.
     pub fn coldplug(&self) -> ColdplugReport {
-        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"))
+        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), None)
     }
 
-    fn coldplug_with(&self, kernel: &dyn Kernel, buses: &Path) -> ColdplugReport {
+    /// Coldplug for a boot that needs one device: stops as soon as
+    /// `enough()` holds (checked first, and after every module that
+    /// loaded). Among the drivers that could load next it picks the one
+    /// with the fewest bytes of modules still to load, and looks for new
+    /// devices after each, so a disk behind virtio_pci is reached through
+    /// virtio_blk before, say, the IDE stack (libata, scsi_mod, ata_piix:
+    /// ~430 ms under QEMU TCG) is loaded for a controller with no disk.
+    /// What it leaves out, stage 2's full coldplug loads.
+    pub fn coldplug_until(&self, enough: &mut dyn FnMut() -> bool) -> ColdplugReport {
+        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), Some(enough))
+    }
+
+    fn coldplug_with(
+        &self,
+        kernel: &dyn Kernel,
+        buses: &Path,
+        mut enough: Option<&mut dyn FnMut() -> bool>,
+    ) -> ColdplugReport {
         let start = Instant::now();
         let mut report = ColdplugReport::default();
-        let mut devices = HashSet::new();
-        let mut aliases = HashSet::new();
+        let mut scanner = Scanner::default();
         let mut done = HashSet::new();
-        for _ in 0..MAX_COLDPLUG_PASSES {
-            let mut fresh = Vec::new();
-            scan_buses(buses, &mut devices, &mut |alias| {
-                if aliases.insert(alias.to_string()) {
-                    fresh.push(alias.to_string());
-                }
-            });
-            let before = report.loaded.len();
-            for alias in &fresh {
-                for module in self.aliases.lookup(alias) {
-                    if done.contains(&module) {
-                        continue;
-                    }
-                    let mut newly = Vec::new();
-                    let result = self.load_with(kernel, &module, &mut done, &mut newly);
-                    report.loaded.append(&mut newly);
-                    if let Err(e) = result {
-                        let reason = chain(&e);
-                        log::warn!("module {module} for {alias}: {reason}");
-                        report.failed.push((module, reason));
+        // (module, the modalias it is for), in discovery order.
+        let mut pending: Vec<(String, String)> = Vec::new();
+        let add = |pending: &mut Vec<(String, String)>, aliases: Vec<String>| {
+            for alias in aliases {
+                for module in self.aliases.lookup(&alias) {
+                    if !pending.iter().any(|(m, _)| *m == module) {
+                        pending.push((module, alias.clone()));
                     }
                 }
             }
-            // New drivers may have created new devices (virtio_pci → virtio0).
-            if report.loaded.len() == before {
-                break;
+        };
+        let check =
+            |enough: &mut Option<&mut dyn FnMut() -> bool>| enough.as_mut().is_some_and(|f| f());
+        let mut passes = 0;
+        let mut satisfied = check(&mut enough);
+        while !satisfied {
+            if pending.is_empty() {
+                // New drivers may have created new devices (virtio_pci → virtio0).
+                if passes == MAX_COLDPLUG_PASSES {
+                    break;
+                }
+                passes += 1;
+                add(&mut pending, scanner.scan(buses));
+                if pending.is_empty() {
+                    break;
+                }
+            }
+            let next = if enough.is_some() {
+                let costs = pending
+                    .iter()
+                    .map(|(m, _)| self.load_cost(kernel, m, &done));
+                costs
+                    .enumerate()
+                    .min_by_key(|&(_, cost)| cost)
+                    .map_or(0, |(i, _)| i)
+            } else {
+                0
+            };
+            let (module, alias) = pending.remove(next);
+            if done.contains(&module) {
+                continue;
+            }
+            let mut newly = Vec::new();
+            let result = self.load_with(kernel, &module, &mut done, &mut newly);
+            let loaded = !newly.is_empty();
+            report.loaded.append(&mut newly);
+            if let Err(e) = result {
+                let reason = chain(&e);
+                log::warn!("module {module} for {alias}: {reason}");
+                report.failed.push((module, reason));
+            }
+            if loaded && enough.is_some() {
+                satisfied = check(&mut enough);
+                add(&mut pending, scanner.scan(buses));
             }
         }
         report.elapsed_ms = start.elapsed().as_millis() as u64;
         report
+    }
+
+    /// Bytes of module files that loading `name` would still load
+    /// (`u64::MAX` when it cannot be resolved).
+    fn load_cost(&self, kernel: &dyn Kernel, name: &str, done: &HashSet<String>) -> u64 {
+        let Ok(order) = self.load_order(name) else {
+            return u64::MAX;
+        };
+        order
+            .iter()
+            .filter(|m| !done.contains(*m) && !kernel.is_loaded(m))
+            .filter_map(|m| self.modules.get(m))
+            .map(|m| std::fs::metadata(self.dir.join(&m.path)).map_or(0, |md| md.len()))
+            .sum()
+    }
+}
+
+/// The devices coldplug has looked at, and the aliases it has seen.
+#[derive(Debug, Default)]
+struct Scanner {
+    devices: HashSet<PathBuf>,
+    aliases: HashSet<String>,
+}
+
+impl Scanner {
+    /// The aliases of devices under `buses` not seen before, each once.
+    fn scan(&mut self, buses: &Path) -> Vec<String> {
+        let mut fresh = Vec::new();
+        let aliases = &mut self.aliases;
+        scan_buses(buses, &mut self.devices, &mut |alias| {
+            if aliases.insert(alias.to_string()) {
+                fresh.push(alias.to_string());
+            }
+        });
+        fresh
     }
 }
 
 /// Calls `found` with the MODALIAS of every device in `buses/*/devices/`
 /// that is not yet in `seen` (and adds it there).
 fn scan_buses(buses: &Path, seen: &mut HashSet<PathBuf>, found: &mut dyn FnMut(&str)) {
-    let Ok(buses) = std::fs::read_dir(buses) else {
-        return;
-    };
-    for bus in buses.flatten() {
-        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
-            continue;
-        };
-        for device in devices.flatten() {
-            let path = device.path();
+    for bus in sorted_entries(buses) {
+        for path in sorted_entries(&bus.join("devices")) {
             if seen.contains(&path) {
                 continue;
             }
@@ -533,6 +605,16 @@ fn scan_buses(buses: &Path, seen: &mut HashSet<PathBuf>, found: &mut dyn FnMut(&
             seen.insert(path);
         }
     }
+}
+
+/// The entries of `dir` by name (empty when it cannot be read), so that
+/// drivers load in the same order on every boot.
+fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    paths.sort();
+    paths
 }
 
 /// Shell-style glob match of a whole string, as `fnmatch(pattern, s, 0)`:
@@ -884,6 +966,10 @@ kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko
 kernel/lib/reed_solomon/reed_solomon.ko:
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko kernel/lib/reed_solomon/reed_solomon.ko
 kernel/lib/libcrc32c.ko: kernel/crypto/crc32c_generic.ko
+kernel/drivers/scsi/scsi_common.ko:
+kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko
+kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
+kernel/drivers/ata/ata_piix.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
 ";
 
     const ALIAS: &str = "\
@@ -894,6 +980,7 @@ alias fs-squashfs squashfs
 alias devname:mapper/control dm_mod
 alias char-major-10-236 dm_mod
 alias pci:v*d*sv*sd*bc01sc00i* missing_driver
+alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
 ";
 
     const BUILTIN: &str = "kernel/crypto/crc32c_generic.ko\nkernel/fs/binfmt_script.ko\n";
@@ -1066,7 +1153,7 @@ alias pci:v*d*sv*sd*bc01sc00i* missing_driver
             ..FakeKernel::default()
         };
         k.loaded.borrow_mut().push("virtio_ring".into());
-        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"));
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None);
         assert_eq!(
             report.loaded,
             [
@@ -1088,6 +1175,89 @@ alias pci:v*d*sv*sd*bc01sc00i* missing_driver
     }
 
     #[test]
+    fn coldplug_until_takes_the_cheapest_way_to_the_disk() {
+        let tree = Tree::new("until");
+        let db = db(&tree);
+        // Module sizes as in 6.1.0-56-cloud-amd64 (KiB).
+        for (path, kib) in [
+            ("kernel/drivers/scsi/scsi_common.ko", 30),
+            ("kernel/drivers/scsi/scsi_mod.ko", 260),
+            ("kernel/drivers/ata/libata.ko", 420),
+            ("kernel/drivers/ata/ata_piix.ko", 50),
+            ("kernel/drivers/virtio/virtio.ko", 33),
+            ("kernel/drivers/virtio/virtio_ring.ko", 77),
+            ("kernel/drivers/virtio/virtio_pci.ko", 62),
+            ("kernel/drivers/virtio/virtio_pci_modern_dev.ko", 32),
+            ("kernel/drivers/virtio/virtio_pci_legacy_dev.ko", 16),
+            ("kernel/drivers/block/virtio_blk.ko", 58),
+        ] {
+            tree.write(path, &"x".repeat(kib * 1024));
+        }
+        // The IDE controller sorts first, as on QEMU's i440fx machine.
+        device(
+            &tree,
+            "pci",
+            "0000:00:01.1",
+            "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80",
+        );
+        device(
+            &tree,
+            "pci",
+            "0000:00:04.0",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        );
+        let disk = tree.0.join("class/block/vda3");
+        let k = FakeKernel {
+            hotplug: vec![
+                (
+                    "virtio_pci",
+                    tree.0.join("sys/bus/virtio/devices/virtio0"),
+                    "virtio:d00000002v00001AF4",
+                ),
+                ("virtio_blk", disk.clone(), "-"),
+            ],
+            ..FakeKernel::default()
+        };
+        let mut checks = 0;
+        let report = db.coldplug_with(
+            &k,
+            &tree.0.join("sys/bus"),
+            Some(&mut || {
+                checks += 1;
+                disk.exists()
+            }),
+        );
+        assert_eq!(
+            report.loaded,
+            [
+                "virtio_pci_legacy_dev",
+                "virtio_pci_modern_dev",
+                "virtio",
+                "virtio_ring",
+                "virtio_pci",
+                "virtio_blk"
+            ]
+        );
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        // Once before anything, then after each of the two loads.
+        assert_eq!(checks, 3);
+
+        // Already there (a built-in driver): nothing to load.
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), Some(&mut || true));
+        assert!(report.loaded.is_empty());
+
+        // Never there: every driver gets its turn, as in a full coldplug.
+        let k = FakeKernel::default();
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), Some(&mut || false));
+        assert!(
+            report.loaded.contains(&"ata_piix".to_string()),
+            "{:?}",
+            report.loaded
+        );
+        assert!(report.loaded.contains(&"virtio_pci".to_string()));
+    }
+
+    #[test]
     fn coldplug_reports_a_failing_dependency() {
         let tree = Tree::new("depfail");
         let db = db(&tree);
@@ -1096,7 +1266,7 @@ alias pci:v*d*sv*sd*bc01sc00i* missing_driver
             failing: vec!["virtio_ring"],
             ..FakeKernel::default()
         };
-        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"));
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None);
         assert_eq!(report.loaded, ["virtio"]);
         assert_eq!(report.failed.len(), 1);
         assert!(

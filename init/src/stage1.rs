@@ -1,8 +1,8 @@
 //! Stage 1: PID 1 in the initramfs (docs/boot.md, "Boot flow" step 3).
 //!
-//! Mount /proc, /sys, /dev and /run; load the storage drivers by modalias
-//! plus dm_verity and squashfs; find the booted slot's partition by its GPT
-//! name; open dm-verity over it with the root hash from the kernel command
+//! Mount /proc, /sys, /dev and /run; load drivers by modalias until the
+//! booted slot's partition (found by its GPT name) shows up, plus dm_verity
+//! and squashfs; open dm-verity over it with the root hash from the kernel command
 //! line; mount the verified squashfs on /sysroot; switch root and execute
 //! stage 2 (`/usr/lib/atoll/init`). Any failure prints
 //! `atoll: stage 1 failed: <reason>` and reboots after 5 s: GRUB already
@@ -27,6 +27,8 @@ use crate::switch_root::{self, SwitchRootError};
 
 /// Where the verified root is mounted before it becomes `/`.
 const SYSROOT: &str = "/sysroot";
+/// Block devices and partitions, with their uevent (PARTNAME, DEVNAME).
+const CLASS_BLOCK: &str = "/sys/class/block";
 /// How long to wait for the slot's partition to show up.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEVICE_POLL: Duration = Duration::from_millis(10);
@@ -229,7 +231,9 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
     let db = ModuleDb::running_kernel_dir()
         .and_then(|dir| ModuleDb::open(&dir))
         .map_err(Stage1Error::ModuleDb)?;
-    let report = db.coldplug();
+    // Drivers until the slot's partition shows up; stage 2 loads the rest.
+    let report = db
+        .coldplug_until(&mut || !find_partitions(Path::new(CLASS_BLOCK), slot.label()).is_empty());
     let mut modules = report.loaded.clone();
     modules.extend(load_required(&db)?);
     let modules_ms = steps.done("modules");
@@ -426,7 +430,7 @@ pub fn find_partitions(class_block: &Path, label: &str) -> Vec<String> {
 
 /// Waits for the slot's partition and returns its device node.
 fn wait_for_slot(slot: Slot) -> Result<PathBuf, Stage1Error> {
-    let class_block = Path::new("/sys/class/block");
+    let class_block = Path::new(CLASS_BLOCK);
     let start = Instant::now();
     loop {
         let found = find_partitions(class_block, slot.label());
