@@ -49,7 +49,9 @@ pub enum Response {
     Log(LogRecord),
     /// The request was carried out (poweroff/reboot) or the answer is complete.
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// How this boot came to be.

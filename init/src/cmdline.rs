@@ -79,7 +79,10 @@ mod tests {
         );
         let a = BootArgs::parse(&line).unwrap();
         assert_eq!(a.slot, Some(Slot::B));
-        assert_eq!(a.verity.as_deref(), Some(HASH.to_ascii_lowercase().as_str()));
+        assert_eq!(
+            a.verity.as_deref(),
+            Some(HASH.to_ascii_lowercase().as_str())
+        );
         assert_eq!(a.mode, Some(BootMode::Trial));
         assert!(!a.grubenv_damaged);
     }
@@ -98,7 +101,11 @@ mod tests {
 
     #[test]
     fn damaged_grubenv_flag() {
-        assert!(BootArgs::parse("atoll.grubenv=damaged").unwrap().grubenv_damaged);
+        assert!(
+            BootArgs::parse("atoll.grubenv=damaged")
+                .unwrap()
+                .grubenv_damaged
+        );
         assert_eq!(BootArgs::parse("").unwrap(), BootArgs::default());
     }
 }
