@@ -234,7 +234,8 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
     // Drivers until the slot's partition shows up; stage 2 loads the rest.
     let report = db
         .coldplug_until(&mut || !find_partitions(Path::new(CLASS_BLOCK), slot.label()).is_empty());
-    let mut modules = report.loaded.clone();
+    let failed = report.failed.len();
+    let mut modules = report.loaded;
     modules.extend(load_required(&db)?);
     let modules_ms = steps.done("modules");
 
@@ -282,11 +283,12 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
     steps.done("switch-root");
 
     let end_ms = clock::boottime_ms();
+    let module_count = modules.len();
     let times = Stage1Times {
         start_ms,
         end_ms,
         steps: steps.steps,
-        modules: modules.clone(),
+        modules,
         slot_device: slot_device.display().to_string(),
     };
     if let Err(e) = write_times(&times) {
@@ -296,11 +298,11 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
         "atoll: stage 1: slot {slot} on {}, {} modules in {modules_ms} ms{}, {verity}, \
          switching root ({} ms)",
         slot_device.display(),
-        modules.len(),
-        if report.failed.is_empty() {
+        module_count,
+        if failed == 0 {
             String::new()
         } else {
-            format!(" ({} failed)", report.failed.len())
+            format!(" ({failed} failed)")
         },
         end_ms.saturating_sub(start_ms)
     ));
