@@ -29,14 +29,23 @@ enum Cmd {
         #[arg(long)]
         image: Option<PathBuf>,
     },
-    /// Boot N times and print the boot time split per run and the median.
+    /// Boot N fresh disks, each twice (first boot, then the steady-state
+    /// boot after an API reboot), and print both boot time splits per run
+    /// and their medians.
     Bench {
+        /// UEFI (OVMF) instead of BIOS (SeaBIOS).
         #[arg(long)]
         uefi: bool,
+        /// How many fresh disks to boot.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// The raw image (default: $ATOLL_IMAGE or target/atoll/atoll.raw).
         #[arg(long)]
         image: Option<PathBuf>,
+        /// Run QEMU with `-icount shift=0`: the guest clock counts
+        /// instructions, so the guest's split does not depend on host load.
+        #[arg(long)]
+        icount: bool,
     },
 }
 
@@ -84,23 +93,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             uefi,
             runs,
             image: img,
+            icount,
         } => {
             anyhow::ensure!(runs > 0, "--runs must be at least 1");
             let base = image(img)?;
             let fw = firmware(uefi);
-            eprintln!("Booting {} {runs} times ({fw}, TCG)...", base.display());
+            eprintln!(
+                "Booting {} {runs} times, twice each ({fw}, TCG{})...",
+                base.display(),
+                if icount { ", -icount shift=0" } else { "" }
+            );
+            let config = bench::BenchConfig {
+                firmware: fw,
+                base: Some(base),
+                icount,
+            };
             let mut samples = Vec::new();
             for i in 1..=runs {
-                let s = bench::boot_once(fw, Some(&base), i)
-                    .with_context(|| format!("boot {i} of {runs}"))?;
+                let s =
+                    bench::run_once(&config, i).with_context(|| format!("run {i} of {runs}"))?;
                 eprintln!(
-                    "  run {i}: ready after {} ms wall, stage 1+2 {} ms",
-                    s.wall_to_ready_ms,
-                    s.stages_ms()
+                    "  run {i}: first boot ready after {} ms wall, stage 1+2 {} ms; \
+                     steady-state ready after {} ms wall, stage 1+2 {} ms",
+                    s.first.wall_to_ready_ms,
+                    s.first.stages_ms(),
+                    s.steady.wall_to_ready_ms,
+                    s.steady.stages_ms()
                 );
                 samples.push(s);
             }
-            print!("{}", bench::table(&samples));
+            print!("{}", bench::report(&samples, icount));
             Ok(ExitCode::SUCCESS)
         }
     }
