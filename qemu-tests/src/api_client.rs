@@ -3,14 +3,14 @@
 //! and this speaks [`atoll_common::api`] over it: one JSON request line,
 //! then JSON response lines until `done` or `error`.
 
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{LogRecord, Request, Response, Status};
 
-use crate::lines::{LineError, LineReader};
+use crate::lines::{connect_retrying, LineError, LineReader};
 
 /// Longest response line accepted (a status, or one log record).
 const MAX_LINE: usize = 4 * 1024 * 1024;
@@ -114,23 +114,12 @@ pub fn request(
 }
 
 fn connect(socket: &Path, deadline: Instant) -> Result<UnixStream, ApiError> {
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(source) => {
-                return Err(ApiError::Connect {
-                    path: socket.to_path_buf(),
-                    source,
-                })
-            }
+    connect_retrying(socket, deadline, Duration::from_millis(100)).map_err(|source| {
+        ApiError::Connect {
+            path: socket.to_path_buf(),
+            source,
         }
-    }
+    })
 }
 
 /// The host's status from a `status` answer.

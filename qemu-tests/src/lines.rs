@@ -83,6 +83,28 @@ impl LineReader {
     }
 }
 
+/// Connects to a unix socket that QEMU creates (or starts listening on)
+/// a little after it starts: retries "not there yet" and "refused" every
+/// `poll` until `deadline`, then returns the last error.
+pub fn connect_retrying(
+    socket: &std::path::Path,
+    deadline: Instant,
+    poll: Duration,
+) -> std::io::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(poll);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

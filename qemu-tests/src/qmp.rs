@@ -2,14 +2,14 @@
 //! on the VM's `qmp.sock` — greeting, `qmp_capabilities`, the command, its
 //! `return` (events in between are skipped).
 
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::lines::{LineError, LineReader};
+use crate::lines::{connect_retrying, LineError, LineReader};
 
 /// Longest QMP reply line accepted.
 const MAX_LINE: usize = 1024 * 1024;
@@ -74,23 +74,12 @@ pub fn execute(
 }
 
 fn connect(socket: &Path, deadline: Instant) -> Result<UnixStream, QmpError> {
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(source) => {
-                return Err(QmpError::Connect {
-                    path: socket.to_path_buf(),
-                    source,
-                })
-            }
+    connect_retrying(socket, deadline, Duration::from_millis(50)).map_err(|source| {
+        QmpError::Connect {
+            path: socket.to_path_buf(),
+            source,
         }
-    }
+    })
 }
 
 fn send(

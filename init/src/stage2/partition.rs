@@ -142,13 +142,7 @@ impl DiskLayout {
 
 /// Reads the partition table of `disk` (a file or a block device).
 pub fn read_layout(disk: &Path) -> Result<DiskLayout, PartitionError> {
-    let gpt = GptConfig::new()
-        .writable(false)
-        .open(disk)
-        .map_err(|source| PartitionError::Read {
-            disk: disk.to_path_buf(),
-            source,
-        })?;
+    let gpt = open_gpt(disk, false)?;
     let header = gpt.header().clone();
     let sectors = disk_sectors(disk)?;
     let entries = gpt
@@ -181,6 +175,17 @@ fn disk_sectors(disk: &Path) -> Result<u64, PartitionError> {
     Ok(len / SECTOR)
 }
 
+/// Opens the GPT of `disk`, for reading or for rewriting in place.
+fn open_gpt(disk: &Path, writable: bool) -> Result<gpt::GptDisk<std::fs::File>, PartitionError> {
+    GptConfig::new()
+        .writable(writable)
+        .open(disk)
+        .map_err(|source| PartitionError::Read {
+            disk: disk.to_path_buf(),
+            source,
+        })
+}
+
 /// Moves the backup header to the end of the disk and sets the last LBA of
 /// partition `number` to `new_last_lba` (pass its current last LBA to only
 /// move the header). The old backup header is zeroed so nothing mistakes it
@@ -190,13 +195,7 @@ pub fn grow(disk: &Path, number: u32, new_last_lba: u64) -> Result<(), Partition
         disk: disk.to_path_buf(),
         source,
     };
-    let mut gpt = GptConfig::new()
-        .writable(true)
-        .open(disk)
-        .map_err(|source| PartitionError::Read {
-            disk: disk.to_path_buf(),
-            source,
-        })?;
+    let mut gpt = open_gpt(disk, true)?;
     let old_backup = gpt.header().backup_lba;
     check_contiguous(disk, gpt.partitions())?;
     let mut parts = gpt.partitions().clone();
@@ -224,13 +223,7 @@ pub fn add_data(disk: &Path, first_lba: u64, last_lba: u64) -> Result<u32, Parti
         disk: disk.to_path_buf(),
         source,
     };
-    let mut gpt = GptConfig::new()
-        .writable(true)
-        .open(disk)
-        .map_err(|source| PartitionError::Read {
-            disk: disk.to_path_buf(),
-            source,
-        })?;
+    let mut gpt = open_gpt(disk, true)?;
     let old_backup = gpt.header().backup_lba;
     check_contiguous(disk, gpt.partitions())?;
     let parts = gpt.partitions().clone();
