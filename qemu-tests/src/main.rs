@@ -28,6 +28,10 @@ enum Cmd {
         /// The raw image (default: $ATOLL_IMAGE or target/atoll/atoll.raw).
         #[arg(long)]
         image: Option<PathBuf>,
+        /// Size of the VM's disk in GiB; the host grows DATA to fill it on
+        /// first boot. At least the image's size.
+        #[arg(long, default_value_t = 8)]
+        disk_gib: u64,
     },
     /// Boot N fresh disks, each twice (first boot, then the steady-state
     /// boot after an API reboot), and print both boot time splits per run
@@ -76,11 +80,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Run { uefi, image: img } => {
+        Cmd::Run {
+            uefi,
+            image: img,
+            disk_gib,
+        } => {
             let base = image(img)?;
+            let image_size = std::fs::metadata(&base)?.len();
+            let disk_size = disk_gib.saturating_mul(1 << 30).max(image_size);
             let status = VmBuilder::new("run")
                 .firmware(firmware(uefi))
                 .base(&base)
+                .overlay_size(disk_size)
                 .run_interactive()?;
             Ok(if status.success() {
                 ExitCode::SUCCESS
