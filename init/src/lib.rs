@@ -5,7 +5,8 @@
 //!   DATA on /var, /etc, logs, the host API, shutdown.
 //!
 //! The same binary holds both; `bin/init.rs` picks the stage. [`modules`]
-//! (modalias coldplug) and [`dm`] (device-mapper ioctls) serve both stages.
+//! (modalias coldplug), [`dm`] (device-mapper ioctls) and [`sysblock`]
+//! (partitions by GPT name) serve both stages.
 //! `atollctl` (`bin/atollctl.rs`) is the client of the host API.
 
 pub mod clock;
@@ -17,3 +18,4 @@ pub mod stage1;
 pub mod stage2;
 pub mod superblock;
 pub mod switch_root;
+pub mod sysblock;

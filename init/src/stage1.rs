@@ -24,6 +24,7 @@ use crate::dm::{self, DmError};
 use crate::modules::{ModuleDb, ModuleError};
 use crate::superblock::{self, SuperblockError};
 use crate::switch_root::{self, SwitchRootError};
+use crate::sysblock::SysBlock;
 
 /// Where the verified root is mounted before it becomes `/`.
 const SYSROOT: &str = "/sysroot";
@@ -232,8 +233,8 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
         .and_then(|dir| ModuleDb::open(&dir))
         .map_err(Stage1Error::ModuleDb)?;
     // Drivers until the slot's partition shows up; stage 2 loads the rest.
-    let report = db
-        .coldplug_until(&mut || !find_partitions(Path::new(CLASS_BLOCK), slot.label()).is_empty());
+    let report =
+        db.coldplug_until(&mut || !SysBlock::new(CLASS_BLOCK).named(slot.label()).is_empty());
     let failed = report.failed.len();
     let mut modules = report.loaded;
     modules.extend(load_required(&db)?);
@@ -404,38 +405,13 @@ fn ensure_console() {
     }
 }
 
-/// The `DEVNAME`s of the block devices in `class_block` (/sys/class/block)
-/// whose uevent says `PARTNAME=<label>`, sorted.
-pub fn find_partitions(class_block: &Path, label: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(class_block) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(uevent) = std::fs::read_to_string(entry.path().join("uevent")) else {
-            continue;
-        };
-        let value = |key: &str| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        };
-        if value("PARTNAME") == Some(label) {
-            if let Some(dev) = value("DEVNAME") {
-                found.push(dev.to_string());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Waits for the slot's partition and returns its device node.
 fn wait_for_slot(slot: Slot) -> Result<PathBuf, Stage1Error> {
     let class_block = Path::new(CLASS_BLOCK);
+    let sys_block = SysBlock::new(class_block);
     let start = Instant::now();
     loop {
-        let found = find_partitions(class_block, slot.label());
+        let found = sys_block.named(slot.label());
         if let Some(first) = found.first() {
             if found.len() > 1 {
                 log::warn!(
@@ -516,35 +492,6 @@ fn write_times(times: &Stage1Times) -> std::io::Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_slot_by_partname() {
-        let dir = std::env::temp_dir().join(format!("atoll-stage1-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for (name, uevent) in [
-            ("vda", "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\nDISKSEQ=1\n"),
-            (
-                "vda3",
-                "MAJOR=254\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nDISKSEQ=1\nPARTN=3\nPARTNAME=ROOT-A\n",
-            ),
-            (
-                "vda4",
-                "MAJOR=254\nMINOR=4\nDEVNAME=vda4\nDEVTYPE=partition\nPARTN=4\nPARTNAME=ROOT-B\n",
-            ),
-            (
-                "vdb1",
-                "MAJOR=254\nMINOR=17\nDEVNAME=vdb1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=ROOT-AA\n",
-            ),
-        ] {
-            std::fs::create_dir_all(dir.join(name)).unwrap();
-            std::fs::write(dir.join(name).join("uevent"), uevent).unwrap();
-        }
-        assert_eq!(find_partitions(&dir, Slot::A.label()), ["vda3"]);
-        assert_eq!(find_partitions(&dir, Slot::B.label()), ["vda4"]);
-        assert!(find_partitions(&dir, "DATA").is_empty());
-        assert!(find_partitions(&dir.join("nope"), "ROOT-A").is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn api_mounts_cover_what_moves() {

@@ -34,9 +34,8 @@ pub mod power_button;
 pub mod reaper;
 pub mod shutdown;
 pub mod status;
-pub mod sysblock;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 pub mod watchdog;
 
 use std::future::Future;
@@ -52,10 +51,10 @@ use tokio::sync::mpsc;
 use self::loghub::{init_record, HubLogger, LogHub};
 use self::shutdown::ShutdownKind;
 use self::status::Steps;
-use self::sysblock::SysBlock;
 use crate::clock;
 use crate::cmdline::BootArgs;
 use crate::modules::ModuleDb;
+use crate::sysblock::SysBlock;
 
 /// Runs stage 2; never returns.
 pub fn main() -> ! {

@@ -1,4 +1,5 @@
-//! Finding disks and partitions by GPT name through /sys/class/block.
+//! Finding disks and partitions by GPT name through /sys/class/block, for
+//! both stages: stage 1 looks up its slot, stage 2 the ESP and DATA.
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +99,27 @@ impl SysBlock {
             .find(|p| p.label.as_deref() == Some(label))
     }
 
+    /// The `DEVNAME`s of every block device whose uevent says
+    /// `PARTNAME=<label>`, on any disk, sorted.
+    pub fn named(&self, label: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut found: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let uevent = std::fs::read_to_string(e.path().join("uevent")).ok()?;
+                if uevent_value(&uevent, "PARTNAME").as_deref() == Some(label) {
+                    uevent_value(&uevent, "DEVNAME")
+                } else {
+                    None
+                }
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Any disk that has a partition named `label` (first found).
     pub fn disk_with(&self, label: &str) -> Option<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.root)
@@ -113,6 +135,8 @@ impl SysBlock {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
+    use atoll_common::layout::Slot;
+
     use super::*;
     use crate::stage2::testutil::TempDir;
 
@@ -158,5 +182,34 @@ pub(crate) mod tests {
         assert_eq!(sb.find("vda", "ROOT-B"), None);
         assert_eq!(sb.disk_with("ESP").as_deref(), Some("vda"));
         assert_eq!(sb.partitions("vda").len(), 4);
+    }
+
+    #[test]
+    fn finds_the_slot_by_partname() {
+        let dir = TempDir::new("sysblock-named");
+        let dir = dir.path();
+        for (name, uevent) in [
+            ("vda", "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\nDISKSEQ=1\n"),
+            (
+                "vda3",
+                "MAJOR=254\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nDISKSEQ=1\nPARTN=3\nPARTNAME=ROOT-A\n",
+            ),
+            (
+                "vda4",
+                "MAJOR=254\nMINOR=4\nDEVNAME=vda4\nDEVTYPE=partition\nPARTN=4\nPARTNAME=ROOT-B\n",
+            ),
+            (
+                "vdb1",
+                "MAJOR=254\nMINOR=17\nDEVNAME=vdb1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=ROOT-AA\n",
+            ),
+        ] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("uevent"), uevent).unwrap();
+        }
+        let sb = SysBlock::new(dir);
+        assert_eq!(sb.named(Slot::A.label()), ["vda3"]);
+        assert_eq!(sb.named(Slot::B.label()), ["vda4"]);
+        assert!(sb.named("DATA").is_empty());
+        assert!(SysBlock::new(dir.join("nope")).named("ROOT-A").is_empty());
     }
 }
