@@ -36,6 +36,21 @@ pub enum Request {
     Poweroff,
     /// Clean shutdown, then reboot.
     Reboot,
+    /// The config in force: where it came from, its state, its text (secrets redacted).
+    ConfigShow,
+    /// Interfaces, addresses, leases, routes, DNS and time sync.
+    NetStatus,
+    /// Open a TCP connection from the host (a reachability check), optionally
+    /// send `send`, and report what came back.
+    NetConnect {
+        /// `HOST:PORT` (an IP address or a name resolved with the host's DNS).
+        addr: String,
+        #[serde(default)]
+        send: Option<String>,
+        /// Give up after this many milliseconds (default 5000).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 fn default_lines() -> usize {
@@ -47,6 +62,9 @@ fn default_lines() -> usize {
 pub enum Response {
     Status(Box<Status>),
     Log(LogRecord),
+    Config(Box<ConfigReport>),
+    Net(Box<NetStatus>),
+    Connect(ConnectReport),
     /// The request was carried out (poweroff/reboot) or the answer is complete.
     Done,
     Error {
@@ -208,4 +226,90 @@ mod tests {
         assert_eq!(serde_json::from_str::<Response>(&s).unwrap(), r);
         assert_eq!(serde_json::to_string(&Response::Done).unwrap(), r#""done""#);
     }
+}
+
+/// The config in force and how it got there (`atollctl config show`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ConfigReport {
+    /// Where the config in force came from: `fw_cfg opt/dev.atoll/config`,
+    /// `CIDATA /dev/vdb user-data`, `metadata http://169.254.169.254 (ec2)`,
+    /// `last good (…)`, or `built-in default`.
+    pub source: String,
+    /// `applied`, or why the config found this boot is not the one in force.
+    pub state: String,
+    /// Problems with the config found this boot (source, line, key, message).
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// The sources tried this boot, in order, and what each gave.
+    #[serde(default)]
+    pub tried: Vec<String>,
+    /// The effective config as TOML, secrets redacted.
+    pub toml: String,
+}
+
+/// Network state (`atollctl net status`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NetStatus {
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Routes, one per line as `ip route` would print them.
+    pub routes: Vec<String>,
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    pub ntp: NtpStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// Link detected.
+    pub carrier: bool,
+    /// `dhcp`, `static`, `loopback` or `unconfigured`.
+    pub method: String,
+    /// Addresses as `ADDR/PREFIX` (IPv4 and IPv6).
+    pub addresses: Vec<String>,
+    pub lease: Option<LeaseStatus>,
+    /// The last problem configuring this interface, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    pub address: String,
+    pub server: String,
+    pub gateway: Option<String>,
+    /// Seconds until renewal (T1), rebinding (T2) and expiry, from now.
+    pub renew_in_s: u64,
+    pub rebind_in_s: u64,
+    pub expires_in_s: u64,
+    /// Milliseconds from the first DISCOVER to the ACK.
+    pub obtained_in_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NtpStatus {
+    pub servers: Vec<String>,
+    /// The server that last set the clock, if any.
+    pub synced_from: Option<String>,
+    /// The correction applied at the last sync, in milliseconds.
+    pub last_offset_ms: Option<i64>,
+    /// The last problem, if any.
+    pub error: Option<String>,
+}
+
+/// The answer to a reachability check.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ConnectReport {
+    pub connected: bool,
+    /// The peer address actually used.
+    pub peer: Option<String>,
+    /// What the peer sent back (lossy UTF-8, at most 4 KiB).
+    pub received: String,
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
 }

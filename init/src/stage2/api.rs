@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atoll_common::api::{LogRecord, Request, Response, Status, MAX_REQUEST_BYTES};
+use atoll_common::api::{
+    ConfigReport, ConnectReport, LogRecord, NetStatus, Request, Response, Status, MAX_REQUEST_BYTES,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc};
@@ -32,6 +34,10 @@ pub struct ApiContext {
     pub refresh: Option<fn(&mut Status)>,
     pub hub: &'static LogHub,
     pub shutdown: mpsc::UnboundedSender<ShutdownKind>,
+    /// The config in force (`config show`).
+    pub config: Arc<Mutex<ConfigReport>>,
+    /// The network state (`net status`), kept up to date by the network task.
+    pub net: Arc<Mutex<NetStatus>>,
 }
 
 impl ApiContext {
@@ -185,11 +191,89 @@ where
                 let _ = ctx.shutdown.send(kind);
                 false
             }
+            Request::ConfigShow => {
+                let r = lock_clone(&ctx.config);
+                send(&mut writer, &Response::Config(Box::new(r))).await
+                    && send(&mut writer, &Response::Done).await
+            }
+            Request::NetStatus => {
+                let r = lock_clone(&ctx.net);
+                send(&mut writer, &Response::Net(Box::new(r))).await
+                    && send(&mut writer, &Response::Done).await
+            }
+            Request::NetConnect {
+                addr,
+                send: payload,
+                timeout_ms,
+            } => {
+                let t = Duration::from_millis(timeout_ms.unwrap_or(5000).clamp(1, 60_000));
+                let r = connect(&addr, payload.as_deref(), t).await;
+                send(&mut writer, &Response::Connect(r)).await
+                    && send(&mut writer, &Response::Done).await
+            }
         };
         if !keep_going {
             return;
         }
     }
+}
+
+fn lock_clone<T: Clone>(m: &Mutex<T>) -> T {
+    match m.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+/// Most of a peer's answer that a reachability check reports.
+const CONNECT_READ_MAX: usize = 4096;
+
+/// A reachability check: connect to `addr`, send `payload`, read until the
+/// peer closes, 4 KiB arrive or `limit` runs out (the whole check, connect
+/// included, is bounded by `limit`).
+pub async fn connect(addr: &str, payload: Option<&str>, limit: Duration) -> ConnectReport {
+    let start = std::time::Instant::now();
+    let mut report = ConnectReport::default();
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        report.connected = true;
+        report.peer = stream.peer_addr().ok().map(|a| a.to_string());
+        if let Some(p) = payload {
+            stream
+                .write_all(p.as_bytes())
+                .await
+                .map_err(|e| format!("sending: {e}"))?;
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while buf.len() < CONNECT_READ_MAX {
+            match stream.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("receiving: {e}")),
+            }
+        }
+        buf.truncate(CONNECT_READ_MAX);
+        Ok::<_, String>(buf)
+    };
+    let got = tokio::time::timeout(limit, work).await;
+    report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match got {
+        Ok(Ok(buf)) => report.received = String::from_utf8_lossy(&buf).into_owned(),
+        Ok(Err(e)) => report.error = Some(e),
+        Err(_) if report.connected => {
+            report.error = Some(format!("no end of answer within {} ms", limit.as_millis()))
+        }
+        Err(_) => {
+            report.error = Some(format!(
+                "connecting to {addr}: timed out after {} ms",
+                limit.as_millis()
+            ))
+        }
+    }
+    report
 }
 
 fn wanted(r: &LogRecord, ident: Option<&str>) -> bool {
@@ -369,6 +453,8 @@ mod tests {
                 refresh: Some(|s: &mut Status| s.uptime_ms = 99),
                 hub,
                 shutdown: tx,
+                config: Arc::default(),
+                net: Arc::default(),
             });
             let listener = bind(&path).unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();

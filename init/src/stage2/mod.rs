@@ -460,6 +460,8 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         refresh: Some(status::refresh),
         hub,
         shutdown: tx.clone(),
+        config: Arc::default(),
+        net: Arc::default(),
     });
     let api_up = match api::bind(Path::new(layout::API_SOCKET)) {
         Ok(listener) => {
