@@ -6,8 +6,16 @@
 //!
 //! Every error of a running VM carries what was awaited and the last
 //! [`TAIL_LINES`] console lines.
+//!
+//! By default the guest has no NIC (`-nodefaults`); [`VmBuilder::net_user`]
+//! adds a virtio-net NIC on QEMU user networking ([`NetUser`]), with
+//! guest→host TCP forwards to servers the test runs on the host loopback
+//! (see [`crate::servers`]). [`VmBuilder::fw_cfg_string`],
+//! [`VmBuilder::smbios_type1`] and [`VmBuilder::extra_disk`] give the guest
+//! what its provisioning sources look for.
 
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -81,6 +89,16 @@ pub enum VmError {
     Firmware {
         from: PathBuf,
         to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid VM set-up: {0}")]
+    Config(String),
+    #[error("the {what} {path} given to the VM builder does not exist")]
+    MissingFile { what: &'static str, path: PathBuf },
+    #[error("cannot write {path}")]
+    WriteFile {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -187,6 +205,209 @@ pub enum DiskSpec {
     File { path: PathBuf, format: DiskFormat },
 }
 
+/// The cloud metadata service's address (EC2, OpenStack and others).
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// A guest→host TCP forward: connections the guest opens to
+/// `guest_ip:guest_port` reach `127.0.0.1:host_port` on the host.
+///
+/// Each guest connection becomes its own host connection (QEMU's
+/// `guestfwd=…-cmd:` form with a `bash` `/dev/tcp` relay), and the guest
+/// sees the host side close. QEMU's plainer `guestfwd=…-tcp:HOST:PORT` form is
+/// not used: it connects once when QEMU starts (QEMU fails to start if
+/// nothing listens yet), every guest connection shares that one host
+/// stream, and a host-side close never reaches the guest — after a
+/// server's first `Connection: close` answer, later guest connections hang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestFwd {
+    pub guest_ip: Ipv4Addr,
+    pub guest_port: u16,
+    pub host_port: u16,
+}
+
+impl GuestFwd {
+    /// The `guestfwd=` value (without the key).
+    fn arg(&self) -> String {
+        // bash's stdin/stdout (and stderr) are the guest's connection: the
+        // background cat copies guest→host, the foreground one host→guest;
+        // when the host closes, the writer is killed and bash exits, which
+        // closes the guest's connection. Errors must not reach the guest.
+        format!(
+            "tcp:{}:{}-cmd:bash -c 'exec 2>/dev/null 3<>/dev/tcp/127.0.0.1/{} || exit 1; cat <&0 >&3 & cat <&3; kill $!'",
+            self.guest_ip, self.guest_port, self.host_port
+        )
+    }
+}
+
+/// QEMU user networking (slirp) for [`VmBuilder::net_user`]: the guest gets
+/// a virtio-net NIC, DHCP and a gateway, and nothing beyond (`restrict=on`:
+/// no route to the host or the outside, and no DNS answers) except the
+/// [`GuestFwd`]s.
+///
+/// The default network is 10.0.2.0/24: guest 10.0.2.15 by DHCP, gateway
+/// 10.0.2.2, DNS 10.0.2.3. A forward's guest address must lie inside the
+/// network (slirp refuses it otherwise), so a forward to the metadata
+/// address needs a link-local network: [`NetUser::metadata`] uses
+/// 169.254.0.0/16, where the guest gets 169.254.0.15, gateway 169.254.0.2,
+/// DNS 169.254.0.3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetUser {
+    /// The network and prefix length (`net=`).
+    pub net: Option<(Ipv4Addr, u8)>,
+    /// The gateway's address (`host=`).
+    pub host: Option<Ipv4Addr>,
+    /// The DNS server's address (`dns=`).
+    pub dns: Option<Ipv4Addr>,
+    /// The first address DHCP hands out (`dhcpstart=`).
+    pub dhcp_start: Option<Ipv4Addr>,
+    pub guestfwds: Vec<GuestFwd>,
+    /// The NIC's MAC address (QEMU's default: 52:54:00:12:34:56).
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NetUser {
+    /// QEMU's default network, 10.0.2.0/24, with no forwards.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// 169.254.0.0/16 with [`METADATA_IP`]:80 forwarded to the host's
+    /// `127.0.0.1:host_port` (a [`crate::servers::MetadataServer`]).
+    pub fn metadata(host_port: u16) -> Self {
+        Self::new()
+            .net(Ipv4Addr::new(169, 254, 0, 0), 16)
+            .guestfwd(METADATA_IP, 80, host_port)
+    }
+
+    pub fn net(mut self, addr: Ipv4Addr, prefix: u8) -> Self {
+        self.net = Some((addr, prefix));
+        self
+    }
+
+    pub fn host(mut self, gateway: Ipv4Addr) -> Self {
+        self.host = Some(gateway);
+        self
+    }
+
+    pub fn dns(mut self, dns: Ipv4Addr) -> Self {
+        self.dns = Some(dns);
+        self
+    }
+
+    pub fn dhcp_start(mut self, first: Ipv4Addr) -> Self {
+        self.dhcp_start = Some(first);
+        self
+    }
+
+    /// Guest connections to `guest_ip:guest_port` reach `127.0.0.1:host_port`.
+    pub fn guestfwd(mut self, guest_ip: Ipv4Addr, guest_port: u16, host_port: u16) -> Self {
+        self.guestfwds.push(GuestFwd {
+            guest_ip,
+            guest_port,
+            host_port,
+        });
+        self
+    }
+
+    pub fn mac(mut self, mac: [u8; 6]) -> Self {
+        self.mac = Some(mac);
+        self
+    }
+
+    /// The network and prefix length in force (QEMU's default when unset).
+    pub fn network(&self) -> (Ipv4Addr, u8) {
+        self.net.unwrap_or((Ipv4Addr::new(10, 0, 2, 0), 24))
+    }
+
+    /// Refuses what QEMU would refuse with a less helpful message.
+    fn validate(&self) -> Result<(), VmError> {
+        let (net, prefix) = self.network();
+        if !(1..=30).contains(&prefix) {
+            return Err(VmError::Config(format!(
+                "user network {net}/{prefix}: the prefix length must be 1..=30"
+            )));
+        }
+        let inside = |ip: Ipv4Addr| {
+            let mask = u32::MAX << (32 - u32::from(prefix));
+            u32::from(ip) & mask == u32::from(net) & mask
+        };
+        for f in &self.guestfwds {
+            if !inside(f.guest_ip) {
+                return Err(VmError::Config(format!(
+                    "guestfwd to {}:{} lies outside the user network {net}/{prefix} \
+                     (slirp only forwards addresses inside it; e.g. NetUser::metadata \
+                     uses 169.254.0.0/16)",
+                    f.guest_ip, f.guest_port
+                )));
+            }
+        }
+        let named = [
+            ("host", self.host),
+            ("dns", self.dns),
+            ("dhcpstart", self.dhcp_start),
+        ];
+        for (what, ip) in named {
+            if let Some(ip) = ip.filter(|ip| !inside(*ip)) {
+                return Err(VmError::Config(format!(
+                    "user network {what}={ip} lies outside {net}/{prefix}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `-netdev` value.
+    fn netdev_arg(&self) -> String {
+        let mut a = String::from("user,id=n0,restrict=on");
+        if let Some((net, prefix)) = self.net {
+            a += &format!(",net={net}/{prefix}");
+        }
+        if let Some(host) = self.host {
+            a += &format!(",host={host}");
+        }
+        if let Some(dns) = self.dns {
+            a += &format!(",dns={dns}");
+        }
+        if let Some(first) = self.dhcp_start {
+            a += &format!(",dhcpstart={first}");
+        }
+        for f in &self.guestfwds {
+            a += ",guestfwd=";
+            a += &f.arg();
+        }
+        a
+    }
+
+    /// The `-device` value.
+    fn device_arg(&self) -> String {
+        let mut a = String::from("virtio-net-pci,netdev=n0");
+        if let Some(m) = self.mac {
+            a += &format!(
+                ",mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            );
+        }
+        a
+    }
+}
+
+/// What a fw_cfg file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FwCfgData {
+    /// A host file, given as it is.
+    File(PathBuf),
+    /// Bytes the builder writes to a file in the VM's temp dir.
+    Bytes(Vec<u8>),
+}
+
+/// Longest fw_cfg file name QEMU takes (`FW_CFG_MAX_FILE_PATH` - 1).
+const FW_CFG_NAME_MAX: usize = 55;
+
+/// Escapes a value inside a QEMU `-opt a=b,c=d` list: commas are doubled.
+pub fn qemu_opt_escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
 /// Sets up a [`Vm`].
 #[derive(Debug, Clone)]
 pub struct VmBuilder {
@@ -194,6 +415,10 @@ pub struct VmBuilder {
     firmware: Firmware,
     disk: DiskSpec,
     memory_mib: u32,
+    net: Option<NetUser>,
+    fw_cfg: Vec<(String, FwCfgData)>,
+    smbios_type1: Option<(String, String)>,
+    extra_disks: Vec<(PathBuf, DiskFormat)>,
     extra: Vec<String>,
 }
 
@@ -209,6 +434,8 @@ enum ConsoleTo {
 /// Paths inside a VM's temp dir.
 #[derive(Debug, Clone)]
 struct Paths {
+    /// The temp dir itself.
+    dir: PathBuf,
     disk: PathBuf,
     format: DiskFormat,
     console: PathBuf,
@@ -230,6 +457,10 @@ impl VmBuilder {
                 size: None,
             },
             memory_mib: 512,
+            net: None,
+            fw_cfg: Vec::new(),
+            smbios_type1: None,
+            extra_disks: Vec::new(),
             extra: Vec::new(),
         }
     }
@@ -288,14 +519,89 @@ impl VmBuilder {
         self
     }
 
+    /// A virtio-net NIC on QEMU user networking (without it the guest has
+    /// no NIC at all).
+    pub fn net_user(mut self, net: NetUser) -> Self {
+        self.net = Some(net);
+        self
+    }
+
+    /// The fw_cfg file `name` (e.g. `opt/dev.atoll/config`) with the
+    /// contents of the host file `path` (read when QEMU starts).
+    pub fn fw_cfg_file(mut self, name: &str, path: &Path) -> Self {
+        self.fw_cfg
+            .push((name.to_string(), FwCfgData::File(path.to_path_buf())));
+        self
+    }
+
+    /// The fw_cfg file `name` holding `contents`, written to a file in the
+    /// VM's temp dir (QEMU's `string=` cannot hold every byte).
+    pub fn fw_cfg_string(mut self, name: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.fw_cfg
+            .push((name.to_string(), FwCfgData::Bytes(contents.into())));
+        self
+    }
+
+    /// SMBIOS type 1 (system) strings the guest reads as
+    /// `/sys/class/dmi/id/sys_vendor` and `product_name`, e.g.
+    /// `("Amazon EC2", "t3.micro")` or `("OpenStack Foundation", "OpenStack Nova")`.
+    pub fn smbios_type1(mut self, manufacturer: &str, product: &str) -> Self {
+        self.smbios_type1 = Some((manufacturer.to_string(), product.to_string()));
+        self
+    }
+
+    /// One more disk, read-only on virtio-blk after the boot disk: the first
+    /// is the guest's `/dev/vdb`, the next `/dev/vdc`, and so on.
+    pub fn extra_disk(mut self, path: &Path, format: DiskFormat) -> Self {
+        self.extra_disks.push((path.to_path_buf(), format));
+        self
+    }
+
     /// One more QEMU argument, passed as is.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra.push(arg.to_string());
         self
     }
 
-    /// Creates the temp dir and its disk, firmware vars and paths.
+    /// Checks what QEMU would refuse, before anything is created.
+    fn validate(&self) -> Result<(), VmError> {
+        if let Some(net) = &self.net {
+            net.validate()?;
+        }
+        for (name, data) in &self.fw_cfg {
+            if name.is_empty() || name.len() > FW_CFG_NAME_MAX {
+                return Err(VmError::Config(format!(
+                    "fw_cfg file name {name:?} must be 1..={FW_CFG_NAME_MAX} bytes"
+                )));
+            }
+            if !name.starts_with("opt/") {
+                return Err(VmError::Config(format!(
+                    "fw_cfg file name {name:?} must start with `opt/` (QEMU reserves the rest)"
+                )));
+            }
+            if let FwCfgData::File(path) = data {
+                if !path.is_file() {
+                    return Err(VmError::MissingFile {
+                        what: "fw_cfg file",
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        for (path, _) in &self.extra_disks {
+            if !path.is_file() {
+                return Err(VmError::MissingFile {
+                    what: "extra disk",
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the temp dir and its disk, firmware vars, fw_cfg files and paths.
     fn prepare(&self) -> Result<(tempfile::TempDir, Paths), VmError> {
+        self.validate()?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("atoll-vm-{}-", sanitize(&self.name)))
             .tempdir()
@@ -324,7 +630,15 @@ impl VmBuilder {
                 source,
             })?;
         }
+        for (i, (_, data)) in self.fw_cfg.iter().enumerate() {
+            if let FwCfgData::Bytes(bytes) = data {
+                let path = fw_cfg_bytes_path(d, i);
+                std::fs::write(&path, bytes)
+                    .map_err(|source| VmError::WriteFile { path, source })?;
+            }
+        }
         let paths = Paths {
+            dir: d.to_path_buf(),
             disk,
             format,
             console: d.join("console.log"),
@@ -357,6 +671,37 @@ impl VmBuilder {
             p.format.name()
         ));
         c.args(["-device", "virtio-blk-pci,drive=disk0"]);
+        for (i, (path, format)) in self.extra_disks.iter().enumerate() {
+            let id = format!("disk{}", i + 1);
+            c.arg("-drive").arg(format!(
+                "file={},format={},if=none,id={id},readonly=on",
+                qemu_opt_escape(&path.display().to_string()),
+                format.name()
+            ));
+            c.arg("-device").arg(format!("virtio-blk-pci,drive={id}"));
+        }
+        if let Some(net) = &self.net {
+            c.arg("-netdev").arg(net.netdev_arg());
+            c.arg("-device").arg(net.device_arg());
+        }
+        for (i, (name, data)) in self.fw_cfg.iter().enumerate() {
+            let file = match data {
+                FwCfgData::File(path) => path.clone(),
+                FwCfgData::Bytes(_) => fw_cfg_bytes_path(&p.dir, i),
+            };
+            c.arg("-fw_cfg").arg(format!(
+                "name={},file={}",
+                qemu_opt_escape(name),
+                qemu_opt_escape(&file.display().to_string())
+            ));
+        }
+        if let Some((manufacturer, product)) = &self.smbios_type1 {
+            c.arg("-smbios").arg(format!(
+                "type=1,manufacturer={},product={}",
+                qemu_opt_escape(manufacturer),
+                qemu_opt_escape(product)
+            ));
+        }
         match console {
             ConsoleTo::File => {
                 c.arg("-chardev")
@@ -443,6 +788,11 @@ impl VmBuilder {
         drop(dir);
         Ok(status)
     }
+}
+
+/// Where [`VmBuilder::fw_cfg_string`]'s `i`th fw_cfg entry is written.
+fn fw_cfg_bytes_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("fw_cfg{i}.bin"))
 }
 
 fn sanitize(name: &str) -> String {
@@ -798,6 +1148,7 @@ mod tests {
 
     fn args(b: &VmBuilder, console: ConsoleTo) -> Vec<String> {
         let p = Paths {
+            dir: "/t".into(),
             disk: "/t/disk.qcow2".into(),
             format: DiskFormat::Qcow2,
             console: "/t/console.log".into(),
@@ -856,6 +1207,175 @@ mod tests {
         );
         assert!(a.contains("-serial mon:stdio"), "{a}");
         assert!(!a.contains("console.log"), "{a}");
+    }
+
+    #[test]
+    fn default_vm_has_no_nic_fw_cfg_smbios_or_extra_disk() {
+        let a = args(&VmBuilder::new("t"), ConsoleTo::File).join(" ");
+        for absent in ["-netdev", "virtio-net", "-fw_cfg", "-smbios", "disk1"] {
+            assert!(!a.contains(absent), "{absent}: {a}");
+        }
+    }
+
+    #[test]
+    fn net_user_command_line() {
+        let net = NetUser::new()
+            .net(Ipv4Addr::new(169, 254, 0, 0), 16)
+            .host(Ipv4Addr::new(169, 254, 0, 1))
+            .guestfwd(METADATA_IP, 80, 40123)
+            .guestfwd(Ipv4Addr::new(169, 254, 1, 1), 7, 40124)
+            .mac([0x52, 0x54, 0, 0xab, 0xcd, 0x0e]);
+        let a = args(&VmBuilder::new("t").net_user(net), ConsoleTo::File);
+        let i = a.iter().position(|x| x == "-netdev").unwrap();
+        assert_eq!(
+            a[i + 1],
+            "user,id=n0,restrict=on,net=169.254.0.0/16,host=169.254.0.1,\
+             guestfwd=tcp:169.254.169.254:80-cmd:bash -c 'exec 2>/dev/null \
+             3<>/dev/tcp/127.0.0.1/40123 || exit 1; cat <&0 >&3 & cat <&3; kill $!',\
+             guestfwd=tcp:169.254.1.1:7-cmd:bash -c 'exec 2>/dev/null \
+             3<>/dev/tcp/127.0.0.1/40124 || exit 1; cat <&0 >&3 & cat <&3; kill $!'"
+        );
+        assert_eq!(a[i + 2], "-device");
+        assert_eq!(a[i + 3], "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:0e");
+        // The forwards' commands must not hold a comma: QEMU would split there.
+        assert!(!a[i + 1].contains(",,"), "{}", a[i + 1]);
+
+        let a = args(
+            &VmBuilder::new("t").net_user(NetUser::new()),
+            ConsoleTo::File,
+        )
+        .join(" ");
+        assert!(
+            a.contains("-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 "),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn metadata_network_forwards_169_254_169_254() {
+        let net = NetUser::metadata(8080);
+        assert_eq!(net.network(), (Ipv4Addr::new(169, 254, 0, 0), 16));
+        assert_eq!(
+            net.guestfwds,
+            [GuestFwd {
+                guest_ip: METADATA_IP,
+                guest_port: 80,
+                host_port: 8080
+            }]
+        );
+        net.validate().unwrap();
+    }
+
+    #[test]
+    fn guestfwd_outside_the_network_is_refused_before_qemu() {
+        let net = NetUser::new().guestfwd(METADATA_IP, 80, 8080);
+        let e = VmBuilder::new("t").net_user(net).validate().unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("169.254.169.254:80") && s.contains("10.0.2.0/24"),
+            "{s}"
+        );
+        let net = NetUser::new().host(Ipv4Addr::new(192, 168, 0, 1));
+        assert!(net.validate().is_err());
+        let net = NetUser::new().net(Ipv4Addr::new(10, 0, 0, 0), 31);
+        assert!(net.validate().is_err());
+    }
+
+    #[test]
+    fn fw_cfg_smbios_and_extra_disk_command_line() {
+        let b = VmBuilder::new("t")
+            .fw_cfg_string("opt/dev.atoll/config", "a = 1,\nb = 2\n")
+            .fw_cfg_file("opt/dev.atoll/other", Path::new("/h/x,y.toml"))
+            .smbios_type1("Amazon EC2", "t3.micro")
+            .extra_disk(Path::new("/h/cidata.iso"), DiskFormat::Raw)
+            .extra_disk(Path::new("/h/b.qcow2"), DiskFormat::Qcow2);
+        let a = args(&b, ConsoleTo::File).join(" ");
+        assert!(
+            a.contains("-fw_cfg name=opt/dev.atoll/config,file=/t/fw_cfg0.bin"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-fw_cfg name=opt/dev.atoll/other,file=/h/x,,y.toml"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-smbios type=1,manufacturer=Amazon EC2,product=t3.micro"),
+            "{a}"
+        );
+        // The extra disks come right after the boot disk: vdb, vdc.
+        assert!(
+            a.contains(
+                "-device virtio-blk-pci,drive=disk0 \
+                 -drive file=/h/cidata.iso,format=raw,if=none,id=disk1,readonly=on \
+                 -device virtio-blk-pci,drive=disk1 \
+                 -drive file=/h/b.qcow2,format=qcow2,if=none,id=disk2,readonly=on \
+                 -device virtio-blk-pci,drive=disk2 "
+            ),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn smbios_strings_escape_commas() {
+        let b = VmBuilder::new("t").smbios_type1("Acme, Inc.", "Nova,x");
+        let a = args(&b, ConsoleTo::File).join(" ");
+        assert!(
+            a.contains("-smbios type=1,manufacturer=Acme,, Inc.,product=Nova,,x"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn bad_fw_cfg_names_and_missing_files_are_refused() {
+        let long = format!("opt/{}", "x".repeat(60));
+        for name in ["", "dev.atoll/config", long.as_str()] {
+            let e = VmBuilder::new("t").fw_cfg_string(name, "x").validate();
+            assert!(matches!(e, Err(VmError::Config(_))), "{name:?}: {e:?}");
+        }
+        let e = VmBuilder::new("t")
+            .fw_cfg_file("opt/a", Path::new("/nonexistent/a"))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/a"), "{e}");
+        let e = VmBuilder::new("t")
+            .extra_disk(Path::new("/nonexistent/seed.iso"), DiskFormat::Raw)
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("extra disk /nonexistent/seed.iso"),
+            "{e}"
+        );
+    }
+
+    /// QEMU itself takes the generated options: the NIC with a forward to
+    /// the metadata address, fw_cfg, SMBIOS and an extra disk. The CPU is
+    /// never started (`-S`), so no image is needed.
+    #[test]
+    fn qemu_accepts_net_fw_cfg_smbios_and_extra_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot.raw");
+        let seed = dir.path().join("seed,1.img");
+        std::fs::write(&boot, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&seed, vec![0u8; 1 << 20]).unwrap();
+        let vm = VmBuilder::new("qemu_accepts_net_fw_cfg_smbios_and_extra_disk")
+            .disk_file(&boot, DiskFormat::Raw)
+            .memory_mib(64)
+            .net_user(NetUser::metadata(9).mac([0x52, 0x54, 0, 1, 2, 3]))
+            .fw_cfg_string("opt/dev.atoll/config", "hostname = \"a,b\"\n")
+            .smbios_type1("Amazon EC2", "t3.micro")
+            .extra_disk(&seed, DiskFormat::Raw)
+            .arg("-S")
+            .start()
+            .unwrap();
+        let status = vm.qmp("query-status", None).unwrap();
+        assert_eq!(status["status"], "prelaunch", "{status}");
+        assert!(vm.exited().is_none(), "{}", vm.qemu_stderr());
+        let written = vm.paths.dir.join("fw_cfg0.bin");
+        assert_eq!(
+            std::fs::read_to_string(written).unwrap(),
+            "hostname = \"a,b\"\n"
+        );
+        vm.quit().unwrap();
     }
 
     #[test]
