@@ -17,6 +17,7 @@ packages=(
     e2fsprogs         # mke2fs: the DATA file system (and shipped in the image)
     kmod              # depmod: module dependency and alias tables
     cpio              # inspecting initramfs archives in tests
+    genisoimage       # iso9660 NoCloud (CIDATA) seed volumes in the provisioning tests
 )
 
 missing=()
