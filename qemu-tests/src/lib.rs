@@ -8,12 +8,14 @@
 //! - [`api_client`]: the host API ([`atoll_common::api`]) from outside;
 //! - [`disk`]: the base image, overlays and raw copies, grubenv and byte
 //!   edits on a raw image;
+//! - [`cidata`]: NoCloud seed images (vfat or iso9660 labelled `CIDATA`);
 //! - [`bench`]: the boot-time benchmark behind `qemu-tests bench`.
 //!
 //! The integration tests in `tests/` each boot their own VM.
 
 pub mod api_client;
 pub mod bench;
+pub mod cidata;
 pub mod console;
 pub mod disk;
 pub mod lines;
@@ -21,4 +23,6 @@ pub mod qmp;
 pub mod vm;
 
 pub use console::{Match, Pattern};
-pub use vm::{DiskFormat, DiskSpec, Firmware, Ready, Vm, VmBuilder, VmError};
+pub use vm::{
+    DiskFormat, DiskSpec, Firmware, GuestFwd, NetUser, Ready, Vm, VmBuilder, VmError, METADATA_IP,
+};
