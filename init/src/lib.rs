@@ -14,6 +14,7 @@ pub mod cmdline;
 pub mod ctl;
 pub mod dm;
 pub mod modules;
+pub mod net;
 pub mod stage1;
 pub mod stage2;
 pub mod superblock;

@@ -1,0 +1,4 @@
+pub mod client;
+pub mod frame;
+pub mod lease;
+pub mod socket;

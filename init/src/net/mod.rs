@@ -1,0 +1,4 @@
+pub mod dhcp;
+pub mod netlink;
+pub mod plan;
+pub mod sysctl;
