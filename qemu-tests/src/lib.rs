@@ -9,6 +9,8 @@
 //! - [`disk`]: the base image, overlays and raw copies, grubenv and byte
 //!   edits on a raw image;
 //! - [`cidata`]: NoCloud seed images (vfat or iso9660 labelled `CIDATA`);
+//! - [`servers`]: servers on the host loopback for the guest to reach
+//!   through user networking (cloud metadata, echo, files over HTTP);
 //! - [`bench`]: the boot-time benchmark behind `qemu-tests bench`.
 //!
 //! The integration tests in `tests/` each boot their own VM.
@@ -20,6 +22,7 @@ pub mod console;
 pub mod disk;
 pub mod lines;
 pub mod qmp;
+pub mod servers;
 pub mod vm;
 
 pub use console::{Match, Pattern};
