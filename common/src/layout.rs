@@ -139,6 +139,9 @@ pub mod cmdline {
 pub const API_SOCKET: &str = "/run/atoll/api.sock";
 /// Name of the virtio-serial port on which PID 1 also serves the API.
 pub const API_VIRTIO_PORT: &str = "dev.atoll.api";
+/// The QEMU fw_cfg file a host config is passed in
+/// (`-fw_cfg name=opt/dev.atoll/config,file=host.toml`).
+pub const FW_CFG_CONFIG: &str = "opt/dev.atoll/config";
 /// Stage 1 writes its timings here for stage 2 (JSON, [`crate::api::Stage1Times`]).
 pub const STAGE1_TIMES: &str = "/run/atoll/stage1.json";
 /// journald native protocol socket, served by PID 1.
