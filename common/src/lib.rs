@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod bootstate;
+pub mod config;
 pub mod grubenv;
 pub mod layout;
 
