@@ -59,6 +59,8 @@ pub enum NetlinkError {
     },
     #[error("rtnetlink: cannot decode the answer to {what}: {message}")]
     Decode { what: String, message: String },
+    #[error("rtnetlink: the blocking task failed: {0}")]
+    Task(String),
     #[error("cannot {what}")]
     Kernel {
         what: String,
@@ -475,6 +477,21 @@ impl Netlink {
             }
         }
     }
+}
+
+/// Runs `f` with a fresh rtnetlink socket on a blocking thread, so the
+/// event loop never waits on a syscall.
+pub async fn blocking<T, F>(f: F) -> Result<T, NetlinkError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Netlink) -> Result<T, NetlinkError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut nl = Netlink::open()?;
+        f(&mut nl)
+    })
+    .await
+    .unwrap_or_else(|e| Err(NetlinkError::Task(e.to_string())))
 }
 
 /// Sorts a link into [`LinkKind`]: loopback by its link type; wired when it

@@ -154,7 +154,7 @@ fn option_ok(code: u8, data: &[u8]) -> bool {
         // Subnet mask, lease time, server id, T1, T2.
         1 | 51 | 54 | 58 | 59 => n == 4,
         // Router, DNS, NTP: addresses.
-        3 | 6 | 42 => n >= 4 && n % 4 == 0,
+        3 | 6 | 42 => n >= 4 && n.is_multiple_of(4),
         // Host name, domain name.
         12 | 15 => n >= 1,
         // Interface MTU.
@@ -748,7 +748,7 @@ mod tests {
         m.to_vec().unwrap()
     }
 
-    fn opt<'a>(m: &'a Message, code: OptionCode) -> Option<&'a DhcpOption> {
+    fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
         m.opts().get(code)
     }
 
