@@ -30,6 +30,8 @@
 
 pub mod dhcp;
 pub mod netlink;
+#[cfg(test)]
+mod peer_tests;
 pub mod plan;
 pub mod resolv;
 pub mod sntp;
@@ -526,7 +528,7 @@ impl Manager {
         }
     }
 
-    async fn shutdown(&mut self) {
+    async fn shutdown(&mut self, updates: &mut mpsc::UnboundedReceiver<(u32, DhcpUpdate)>) {
         let mut waits = Vec::new();
         for i in self.ifaces.values_mut() {
             if let Some(d) = i.driver.take() {
@@ -538,6 +540,10 @@ impl Manager {
         }
         for w in waits {
             let _ = w.await;
+        }
+        // The drivers reported the releases before they answered.
+        while let Ok((index, update)) = updates.try_recv() {
+            self.handle(index, update);
         }
     }
 
@@ -596,7 +602,7 @@ impl Manager {
                         let _ = done.send(());
                     }
                     Some(Command::Shutdown(done)) => {
-                        self.shutdown().await;
+                        self.shutdown(&mut updates).await;
                         self.refresh(false).await;
                         let _ = done.send(());
                         return;

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use dhcproto::v4::MessageType;
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +21,8 @@ use crate::net::netlink::{self, Lifetime, Netlink, NetlinkError, Route, RouteOri
 pub const DEFAULT_METRIC: u32 = 1024;
 /// How long to wait for carrier before the first DISCOVER.
 const CARRIER_WAIT: Duration = Duration::from_secs(2);
+/// How long a DHCPRELEASE may take to leave before the address goes.
+const RELEASE_FLUSH: Duration = Duration::from_millis(500);
 /// Pause before reopening a socket that failed.
 const SOCKET_RETRY: Duration = Duration::from_secs(5);
 
@@ -302,7 +305,7 @@ impl Driver {
         }
     }
 
-    fn transmit(&mut self, t: Transmit) {
+    async fn transmit(&mut self, t: Transmit) {
         let r = match t.dst {
             Destination::Broadcast => match &self.packet {
                 Some(p) => {
@@ -320,7 +323,19 @@ impl Driver {
                         fresh.as_ref().map_err(|e| io::Error::other(e.to_string()))
                     }
                 };
-                sock.and_then(|s| s.send_to(&t.payload, (server, 67)).map(drop))
+                let r = match &sock {
+                    Ok(s) => s.send_to(&t.payload, (server, 67)).map(drop),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                if let (Ok(()), Ok(s), MessageType::Release) = (&r, sock, t.kind) {
+                    // The address goes right after the release: let the
+                    // datagram leave first (it may wait for an ARP answer).
+                    let until = Instant::now() + RELEASE_FLUSH;
+                    while socket::unsent(s).unwrap_or(0) > 0 && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                r
             }
         };
         match r {
@@ -403,15 +418,16 @@ impl Driver {
     }
 
     /// Sends what the client wants sent and applies what happened.
+    /// Sending comes first: a DHCPRELEASE must leave while the address
+    /// it is sent from is still configured. A failed send changes nothing
+    /// in the client; its retransmission timer covers it.
     async fn flush(&mut self) {
-        self.events().await;
         self.sockets(Instant::now());
         while let Some(t) = self.client.poll_transmit() {
-            self.transmit(t);
+            self.transmit(t).await;
         }
-        // Sending may have failed in a way that changes nothing in the
-        // client; its retransmission timer covers that.
         self.events().await;
+        self.sockets(Instant::now());
     }
 }
 

@@ -308,6 +308,18 @@ pub fn unicast_socket(ifname: &str, addr: Ipv4Addr) -> Result<UdpSocket, SocketE
     Ok(UdpSocket::from(fd))
 }
 
+/// Bytes a socket has handed to the kernel that are not sent yet
+/// (SIOCOUTQ): a datagram waiting for the gateway's ARP answer counts.
+pub fn unsent(sock: &UdpSocket) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through the pointer, which is live.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(last_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Reads and drops whatever waits on a non-blocking UDP socket (the
 /// packet socket already saw the same replies).
 pub fn drain(sock: &UdpSocket) {
