@@ -143,8 +143,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Starts the network manager on the current tokio runtime; `status` is
-/// kept up to date (its `ntp` part by the clock synchronisation).
+/// Starts the network manager on the current tokio runtime (call it from
+/// within one: it spawns its tasks there); `status` is kept up to date
+/// (its `ntp` part by the clock synchronisation).
 pub fn start(plan: NetPlan, status: Arc<Mutex<NetStatus>>) -> NetHandle {
     let (configured_tx, configured) = watch::channel(false);
     let (time_tx, time_set) = watch::channel(false);
@@ -560,14 +561,17 @@ impl Manager {
             }
             Err(e) => log::error!("lo: {}", crate::stage2::data::error_chain(&e)),
         }
-        // The links the plan expects may still be on their way (drivers).
+        // The links the plan expects may still be on their way (drivers):
+        // configure each as it shows up, until all are there or time is up.
         let deadline = self.started + self.plan.wait;
-        let mut links = list_links().await;
-        while !self.links_ready(&links) && Instant::now() < deadline {
+        loop {
+            let links = list_links().await;
+            self.configure_new(&links, true).await;
+            if self.links_ready(&links) || Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(LINK_POLL).await;
-            links = list_links().await;
         }
-        self.configure_new(&links, true).await;
         if self.ifaces.is_empty() {
             log::warn!("network: no link to configure");
         }
