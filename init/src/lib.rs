@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod dm;
 pub mod modules;
 pub mod net;
+pub mod provision;
 pub mod stage1;
 pub mod stage2;
 pub mod superblock;
