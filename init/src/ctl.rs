@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use atoll_common::api::{LogRecord, Request, Response, Status};
+use atoll_common::api::{
+    ConfigReport, ConnectReport, LogRecord, NetStatus, Request, Response, Status,
+};
 
 /// Exit codes (also in `atollctl --help`).
 pub mod exit {
@@ -21,6 +23,10 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 3;
     /// The answer was cut short or not understood.
     pub const PROTOCOL: i32 = 4;
+    /// `config validate`: the file is not a valid config (or unreadable).
+    pub const INVALID: i32 = 5;
+    /// `net connect`: the connection failed.
+    pub const UNREACHED: i32 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,10 +323,163 @@ pub enum Command {
     },
     Poweroff,
     Reboot,
+    ConfigShow {
+        json: bool,
+    },
+    /// Runs locally (also on a build machine): no API needed.
+    ConfigValidate {
+        file: PathBuf,
+    },
+    NetStatus {
+        json: bool,
+    },
+    NetConnect {
+        addr: String,
+        send: Option<String>,
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// `config show`.
+pub fn format_config_report(r: &ConfigReport) -> String {
+    let mut out = format!("# source: {}\n# state:  {}\n", r.source, r.state);
+    for e in &r.errors {
+        out.push_str(&format!("# error:  {e}\n"));
+    }
+    for t in &r.tried {
+        out.push_str(&format!("# tried:  {t}\n"));
+    }
+    out.push('\n');
+    out.push_str(&r.toml);
+    if !r.toml.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// `net status`.
+pub fn format_net_status(n: &NetStatus) -> String {
+    let mut out = String::new();
+    for i in &n.interfaces {
+        let state = match (i.up, i.carrier) {
+            (true, true) => "up",
+            (true, false) => "up, no carrier",
+            (false, _) => "down",
+        };
+        out.push_str(&format!(
+            "{:<10} {:<12} {state}, mtu {}, mac {}\n",
+            i.name, i.method, i.mtu, i.mac
+        ));
+        for a in &i.addresses {
+            out.push_str(&format!("           {a}\n"));
+        }
+        if let Some(l) = &i.lease {
+            out.push_str(&format!(
+                "           lease {} from {}{}: renew in {}, expires in {} (got in {} ms)\n",
+                l.address,
+                l.server,
+                l.gateway
+                    .as_deref()
+                    .map(|g| format!(", gateway {g}"))
+                    .unwrap_or_default(),
+                format_duration_ms(l.renew_in_s.saturating_mul(1000)),
+                format_duration_ms(l.expires_in_s.saturating_mul(1000)),
+                l.obtained_in_ms
+            ));
+        }
+        if let Some(e) = &i.error {
+            out.push_str(&format!("           error: {e}\n"));
+        }
+    }
+    if !n.routes.is_empty() {
+        out.push_str("routes:\n");
+        for r in &n.routes {
+            out.push_str(&format!("  {r}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "dns:    {}\n",
+        if n.dns.is_empty() {
+            "none".to_string()
+        } else {
+            n.dns.join(", ")
+        }
+    ));
+    if !n.search.is_empty() {
+        out.push_str(&format!("search: {}\n", n.search.join(" ")));
+    }
+    let ntp = &n.ntp;
+    out.push_str(&format!(
+        "ntp:    {}",
+        if ntp.servers.is_empty() {
+            "no servers".to_string()
+        } else {
+            ntp.servers.join(", ")
+        }
+    ));
+    match (&ntp.synced_from, ntp.last_offset_ms) {
+        (Some(s), Some(o)) => out.push_str(&format!("; synced from {s}, offset {o} ms")),
+        (Some(s), None) => out.push_str(&format!("; synced from {s}")),
+        _ => out.push_str("; not synced"),
+    }
+    if let Some(e) = &ntp.error {
+        out.push_str(&format!(" ({e})"));
+    }
+    out.push('\n');
+    out
+}
+
+/// `net connect`.
+pub fn format_connect(addr: &str, r: &ConnectReport) -> String {
+    let mut out = if r.connected {
+        format!(
+            "connected to {} in {} ms\n",
+            r.peer.as_deref().unwrap_or(addr),
+            r.elapsed_ms
+        )
+    } else {
+        String::new()
+    };
+    if !r.received.is_empty() {
+        out.push_str(&r.received);
+        if !r.received.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    out
+}
+
+/// `config validate FILE`: the exit code and what to print (to stdout when
+/// valid, to stderr when not).
+pub fn validate_file(file: &Path) -> (i32, String) {
+    let name = file.display().to_string();
+    match std::fs::read(file) {
+        Err(e) => (exit::INVALID, format!("atollctl: reading {name}: {e}\n")),
+        Ok(bytes) => match atoll_common::config::parse(&bytes, &name) {
+            Ok(_) => (exit::OK, format!("{name}: valid\n")),
+            Err(e) => (exit::INVALID, format!("{e}\n")),
+        },
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Runs a command against the API at `socket`; returns the exit code.
 pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
+    if let Command::ConfigValidate { file } = &cmd {
+        let (code, text) = validate_file(file);
+        if code == exit::OK {
+            print!("{text}");
+        } else {
+            eprint!("{text}");
+        }
+        return Ok(code);
+    }
     let mut client = Client::connect(socket)?;
     let stdout = std::io::stdout();
     match cmd {
@@ -366,6 +525,60 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
         Command::Reboot => {
             client.call(&Request::Reboot, |_| true)?;
             println!("the host is rebooting");
+        }
+        Command::ConfigValidate { .. } => {}
+        Command::ConfigShow { json } => {
+            let mut got = None;
+            client.call(&Request::ConfigShow, |r| {
+                if let Response::Config(c) = r {
+                    got = Some(*c);
+                }
+                true
+            })?;
+            let r = got.ok_or_else(|| CtlError::Unexpected("no config in the answer".into()))?;
+            if json {
+                print_json(&r);
+            } else {
+                print!("{}", format_config_report(&r));
+            }
+        }
+        Command::NetStatus { json } => {
+            let mut got = None;
+            client.call(&Request::NetStatus, |r| {
+                if let Response::Net(n) = r {
+                    got = Some(*n);
+                }
+                true
+            })?;
+            let n = got.ok_or_else(|| CtlError::Unexpected("no network status in the answer".into()))?;
+            if json {
+                print_json(&n);
+            } else {
+                print!("{}", format_net_status(&n));
+            }
+        }
+        Command::NetConnect {
+            addr,
+            send,
+            timeout_ms,
+        } => {
+            let mut got = None;
+            let req = Request::NetConnect {
+                addr: addr.clone(),
+                send,
+                timeout_ms,
+            };
+            client.call(&req, |r| {
+                if let Response::Connect(c) = r {
+                    got = Some(c);
+                }
+                true
+            })?;
+            let c = got.ok_or_else(|| CtlError::Unexpected("no report in the answer".into()))?;
+            print!("{}", format_connect(&addr, &c));
+            if c.error.is_some() {
+                return Ok(exit::UNREACHED);
+            }
         }
     }
     Ok(exit::OK)

@@ -13,7 +13,9 @@ Exit codes:
   1  the host answered with an error
   2  bad command line
   3  the host API could not be reached (no socket, nothing listening, no permission)
-  4  the answer was cut short or not understood";
+  4  the answer was cut short or not understood
+  5  config validate: the file is not a valid config
+  6  net connect: the connection failed";
 
 /// Talk to the Atoll host (PID 1's API).
 #[derive(Debug, Parser)]
@@ -54,6 +56,48 @@ enum Cmd {
     Poweroff,
     /// Shut down cleanly and reboot.
     Reboot,
+    /// The host config (docs/config.md).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// The host's network.
+    #[command(subcommand)]
+    Net(NetCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// The config in force, where it came from, and any errors (secrets redacted).
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks a config file (TOML or #cloud-config, gzip or not) without a
+    /// host: runs anywhere, e.g. on a build machine before shipping it.
+    Validate {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetCmd {
+    /// Interfaces, addresses, DHCP leases, routes, DNS and time sync.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Opens a TCP connection from the host (can it reach a registry, a
+    /// server?), optionally sends a line, and prints what comes back.
+    Connect {
+        /// HOST:PORT
+        addr: String,
+        /// Text to send once connected (a newline is added).
+        #[arg(long)]
+        send: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +117,18 @@ fn main() -> ExitCode {
         },
         Cmd::Poweroff => Command::Poweroff,
         Cmd::Reboot => Command::Reboot,
+        Cmd::Config(ConfigCmd::Show { json }) => Command::ConfigShow { json },
+        Cmd::Config(ConfigCmd::Validate { file }) => Command::ConfigValidate { file },
+        Cmd::Net(NetCmd::Status { json }) => Command::NetStatus { json },
+        Cmd::Net(NetCmd::Connect {
+            addr,
+            send,
+            timeout_ms,
+        }) => Command::NetConnect {
+            addr,
+            send: send.map(|s| s + "\n"),
+            timeout_ms: Some(timeout_ms),
+        },
     };
     let code = match ctl::run(&cli.socket, cmd) {
         Ok(code) => code,
