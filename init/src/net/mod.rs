@@ -439,7 +439,9 @@ impl Manager {
 
     /// The NTP servers to use now: the plan's, else those DHCP gave.
     fn update_ntp_servers(&self) {
-        let servers = if self.plan.ntp_servers.is_empty() {
+        let servers = if !self.plan.ntp_enabled {
+            Vec::new()
+        } else if self.plan.ntp_servers.is_empty() {
             let mut s: Vec<String> = Vec::new();
             for i in self.ifaces.values() {
                 for a in i.managed.lease.iter().flat_map(|l| l.ntp.iter()) {

@@ -23,6 +23,9 @@ pub struct NetPlan {
     /// NTP servers (names or addresses, optionally `:port`). Empty: use the
     /// servers DHCP gave (option 42), if any.
     pub ntp_servers: Vec<String>,
+    /// Off: the clock is never set over the network (not even from the
+    /// servers DHCP gives).
+    pub ntp_enabled: bool,
     /// Sent as the DHCP host name (option 12).
     pub hostname: Option<String>,
     /// How long "configured" waits for DHCP leases (and for the links the
@@ -45,6 +48,7 @@ impl Default for NetPlan {
             dns: Vec::new(),
             search: Vec::new(),
             ntp_servers: Vec::new(),
+            ntp_enabled: true,
             hostname: None,
             wait: Duration::from_secs(5),
             ntp_interval: Duration::from_secs(3600),

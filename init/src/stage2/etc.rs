@@ -1,6 +1,7 @@
-//! /etc: a tmpfs rendered fresh on every boot from what PID 1 knows. (The
-//! host config will add to it in a later issue; nothing here is configurable
-//! yet.)
+//! /etc: a tmpfs rendered fresh on every boot from what PID 1 knows: the
+//! host name (the config's, or one derived from the machine id) and the
+//! machine id. resolv.conf is the network manager's ([`crate::net`]);
+//! the config step adds /etc/atoll/ (`crate::provision::apply`).
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,10 @@ pub fn render(dir: &Path, hostname: &str, machine_id: &str) -> Result<(), EtcErr
         "hosts",
         format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
     )?;
-    write("resolv.conf", String::new())?;
+    // The network manager owns resolv.conf once it runs: only create it.
+    if !dir.join("resolv.conf").exists() {
+        write("resolv.conf", String::new())?;
+    }
     write("machine-id", format!("{machine_id}\n"))?;
     write(
         "passwd",

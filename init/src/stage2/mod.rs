@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod bootstate;
+pub mod config;
 pub mod console;
 pub mod data;
 pub mod etc;
@@ -327,17 +328,17 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     steps.done("journal socket");
 
-    // Module coldplug waits until after ready (nothing before ready needs
-    // it, and under one CPU it would only slow the way there), except on a
-    // trial boot, which wants its watchdog armed early.
+    // Module coldplug starts now, beside DATA: the config step needs the
+    // network drivers and fw_cfg, and a trial boot wants its watchdog
+    // armed early.
     let trial = args.mode == Some(BootMode::Trial);
     let dog: SharedDog = Arc::default();
-    let mut modules_task = if trial {
-        let d = dog.clone();
+    if trial {
         tokio::task::spawn_local(feed_watchdog(dog.clone()));
-        Some(tokio::task::spawn_blocking(move || coldplug_all(true, d)))
-    } else {
-        None
+    }
+    let mut modules_task = {
+        let d = dog.clone();
+        Some(tokio::task::spawn_blocking(move || coldplug_all(trial, d)))
     };
 
     // 3. DATA on /var.
@@ -455,13 +456,19 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         root: RootStatus::default(),
         previous_shutdown,
     }));
+    let config_report = Arc::new(Mutex::new(atoll_common::api::ConfigReport {
+        source: "none yet".into(),
+        state: "the boot has not reached the config step".into(),
+        ..Default::default()
+    }));
+    let net_status: Arc<Mutex<atoll_common::api::NetStatus>> = Arc::default();
     let ctx = Arc::new(api::ApiContext {
         status: status.clone(),
         refresh: Some(status::refresh),
         hub,
         shutdown: tx.clone(),
-        config: Arc::default(),
-        net: Arc::default(),
+        config: config_report.clone(),
+        net: net_status.clone(),
     });
     let api_up = match api::bind(Path::new(layout::API_SOCKET)) {
         Ok(listener) => {
@@ -493,7 +500,25 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     };
     steps.done("api");
 
-    // 7. Ready.
+    // 7. The drivers, then the config and the network.
+    let db = match (modules_early.take(), modules_task.take()) {
+        (Some(db), _) => db,
+        (None, Some(task)) => join_modules(task).await,
+        (None, None) => None,
+    };
+    let db = db.map(Arc::new);
+    steps.done("modules");
+    let prov = config::provision(
+        db.clone(),
+        &machine_id,
+        &config_report,
+        &net_status,
+        &mut steps,
+    )
+    .await;
+    lock(&status).hostname = prov.hostname.clone();
+
+    // 8. Ready.
     let ready_ms = clock::boottime_ms();
     let slot = args.slot.map(|s| s.letter()).unwrap_or("?");
     let ready = format!(
@@ -521,8 +546,8 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         t.stage2_ms
     );
 
-    // 8. After ready: modules (the API port first), cgroup controllers,
-    // kernel messages, the power button.
+    // 9. After ready: cgroup controllers, kernel messages, the power
+    // button, the API's virtio-serial port.
     {
         let mut d = lock(&dog);
         d.ready = true;
@@ -530,35 +555,6 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             w.disarm();
         }
     }
-    // Modules: virtio_console first (the API port), then the rest (the
-    // power button; vfat for the ESP comes with marking the boot good).
-    let db = match (modules_early, modules_task.take()) {
-        (Some(db), _) => db,
-        (None, Some(task)) => join_modules(task).await,
-        (None, None) => {
-            let db = tokio::task::spawn_blocking(|| {
-                let db = open_modules();
-                if let Some(db) = &db {
-                    load_modules(db, &["virtio_console"]);
-                }
-                db
-            });
-            let db = join_modules(db).await;
-            start_virtio_port(&ctx).await;
-            steps.done("after ready: API port");
-            match db {
-                Some(db) => {
-                    join_modules(tokio::task::spawn_blocking(move || {
-                        coldplug_rest(&db);
-                        Some(db)
-                    }))
-                    .await
-                }
-                None => None,
-            }
-        }
-    };
-    steps.done("after ready: coldplug");
     if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
         log::warn!("cgroup controllers: {e}");
     }
@@ -571,7 +567,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     start_virtio_port(&ctx).await;
     steps.done("after ready: devices");
 
-    // 9. Mark the boot good.
+    // 10. Mark the boot good.
     let esp = disk
         .as_deref()
         .and_then(|d| sys.find(d, layout::LABEL_ESP))
@@ -622,10 +618,13 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         status::boot_times(stage1.as_ref(), start_ms, Some(ready_ms), &steps.steps);
 
     // Serve until asked to stop.
-    match rx.recv().await {
+    let kind = match rx.recv().await {
         Some(kind) => kind,
         None => std::future::pending().await,
-    }
+    };
+    // DHCP leases go back to their servers while the network still works.
+    prov.net.shutdown().await;
+    kind
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
