@@ -7,9 +7,8 @@
 //! [`NetHandle`]:
 //!
 //! 1. `lo` up with 127.0.0.1/8 and ::1;
-//! 2. waits (at most [`NetPlan::wait`]) for the links the plan names, or
-//!    for a first wired link when DHCP runs by default (NIC drivers may
-//!    still be loading);
+//! 2. waits (at most [`NetPlan::wait`]) for the links the plan names by
+//!    exact name or MAC (NIC drivers may still be probing);
 //! 3. for every link an entry matches (or every wired link, with
 //!    [`NetPlan::dhcp_default`]): IPv6 SLAAC sysctls, MTU, link up; static
 //!    entries are applied at once, DHCP entries get one client each;
@@ -266,22 +265,19 @@ async fn list_links() -> Vec<Link> {
 
 impl Manager {
     /// Whether the links the plan expects are all there.
+    /// Every link the plan names (by exact name or MAC) is there. Links
+    /// matched only by a glob or by DHCP-everywhere are not waited for:
+    /// PID 1 starts the network after the driver coldplug, so the wired
+    /// links present at boot exist by then, and later ones (USB) are picked
+    /// up by the rescan. A host without a NIC is configured at once.
     fn links_ready(&self, links: &[Link]) -> bool {
-        let named = self.plan.interfaces.iter().all(|e| match &e.matches {
+        self.plan.interfaces.iter().all(|e| match &e.matches {
             LinkMatch::Mac(_) => links.iter().any(|l| e.matches.matches(l)),
             m => match m.exact_name() {
                 Some(n) => links.iter().any(|l| l.name == n),
                 None => true,
             },
-        });
-        let wants_any = self.plan.dhcp_default
-            || self.plan.interfaces.iter().any(|e| {
-                matches!(&e.matches, LinkMatch::Name(_)) && e.matches.exact_name().is_none()
-            });
-        let any = links
-            .iter()
-            .any(|l| matches!(self.plan.decide(l), plan::Decision::Configure(_)));
-        named && (!wants_any || any)
+        })
     }
 
     fn bump(&self) {
