@@ -12,3 +12,5 @@ scripts/build-image.sh
 echo "== unit and integration tests"
 # QEMU guests are CPU-bound under TCG: two at a time on a two-core machine.
 cargo test --locked --workspace -- --test-threads=2
+echo "== the DHCP client against dnsmasq (root: network namespaces)"
+cargo test --locked -p atoll-init --lib net::peer_tests -- --ignored

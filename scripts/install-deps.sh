@@ -18,6 +18,8 @@ packages=(
     kmod              # depmod: module dependency and alias tables
     cpio              # inspecting initramfs archives in tests
     genisoimage       # iso9660 NoCloud (CIDATA) seed volumes in the provisioning tests
+    dnsmasq-base      # a real DHCP server for the DHCP client's peer test
+    iproute2          # network namespaces and veth for that test
 )
 
 missing=()
