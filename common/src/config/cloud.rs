@@ -230,8 +230,97 @@ impl Origins {
     }
 }
 
+/// Deepest nesting of YAML flow collections (`[`, `{`) accepted.
+pub const MAX_FLOW_DEPTH: usize = 256;
+
+/// Refuses YAML whose flow collections may nest deeper than
+/// [`MAX_FLOW_DEPTH`], before libyaml sees it: its scanner does work in
+/// proportion to the flow depth for every token, so 1 MiB of `[` would
+/// keep PID 1 busy for minutes.
+///
+/// The depth found is never below the real one: every `[` and `{` counts
+/// (also in quotes, comments and block scalars), and a `]` or `}` counts
+/// only outside anything that might be a quoted scalar or a comment (any
+/// quote character starts one; a comment ends at the line's end, a quote at
+/// its closing quote, or at the line's end when nothing is open). So a
+/// false alarm needs hundreds of unbalanced brackets inside strings.
+fn check_flow_depth(text: &str) -> Result<(), Position> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Normal,
+        Comment,
+        Quote { double: bool, in_comment: bool },
+    }
+    let mut state = State::Normal;
+    let mut depth = 0usize;
+    let (mut line, mut column) = (1, 0);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        column += 1;
+        if c == '\n' {
+            line += 1;
+            column = 0;
+            state = match state {
+                State::Quote { .. } if depth > 0 => state,
+                _ => State::Normal,
+            };
+            continue;
+        }
+        if c == '[' || c == '{' {
+            depth += 1;
+            if depth > MAX_FLOW_DEPTH {
+                return Err(Position { line, column });
+            }
+            continue;
+        }
+        state = match (state, c) {
+            (State::Normal, ']' | '}') => {
+                depth = depth.saturating_sub(1);
+                state
+            }
+            (State::Normal, '#') => State::Comment,
+            (State::Normal | State::Comment, '"' | '\'') => State::Quote {
+                double: c == '"',
+                in_comment: state == State::Comment,
+            },
+            (State::Quote { double: true, .. }, '\\') => {
+                // The escaped character cannot end the quote.
+                if chars.next() == Some('\n') {
+                    line += 1;
+                    column = 0;
+                } else {
+                    column += 1;
+                }
+                state
+            }
+            (State::Quote { double, in_comment }, '"' | '\'') if double == (c == '"') => {
+                if in_comment {
+                    State::Comment
+                } else {
+                    State::Normal
+                }
+            }
+            _ => state,
+        };
+    }
+    Ok(())
+}
+
 /// Reads `#cloud-config` user data (already UTF-8, BOM removed).
 pub(crate) fn from_cloud_config(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    if let Err(pos) = check_flow_depth(text) {
+        return Err(ConfigError::Invalid {
+            origin: origin.to_string(),
+            problems: vec![Problem {
+                line: Some(pos.line),
+                column: Some(pos.column),
+                key: None,
+                message: format!(
+                    "flow collections ([ ] and {{ }}) nested more than {MAX_FLOW_DEPTH} deep"
+                ),
+            }],
+        });
+    }
     let parsed: Option<CloudConfig> = serde_path_to_error::deserialize(
         serde_norway::Deserializer::from_str(text),
     )
@@ -434,5 +523,37 @@ fn decode_write_file(
             "encoding",
             format!("unknown encoding `{other}` (text/plain, b64, base64 or gz+b64)"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_depth() {
+        let deep = |n: usize| format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        assert!(check_flow_depth(&deep(MAX_FLOW_DEPTH)).is_ok());
+        assert_eq!(
+            check_flow_depth(&deep(MAX_FLOW_DEPTH + 1)),
+            Err(Position {
+                line: 1,
+                column: 4 + MAX_FLOW_DEPTH
+            })
+        );
+        // Closes inside quotes or comments do not count...
+        let fake = format!("a: {}\n", "[ \"]\", ".repeat(300));
+        assert!(check_flow_depth(&fake).is_err());
+        let fake = format!("a: {}\n", "[ # ]\n".repeat(300));
+        assert!(check_flow_depth(&fake).is_err());
+        let fake = format!("a: {}\n", "[ 'it''s ]', ".repeat(300));
+        assert!(check_flow_depth(&fake).is_err());
+        let fake = format!("a: {}\n", "[ \"\\\" ]\", ".repeat(300));
+        assert!(check_flow_depth(&fake).is_err());
+        // ... real ones do, many times over.
+        let flat = format!("a: [{}]\n", "[1, {b: 2}], ".repeat(10_000));
+        assert!(check_flow_depth(&flat).is_ok());
+        let text = "# don't [\nb: \"x]\"\nc: 'it''s'\n";
+        assert!(check_flow_depth(text).is_ok());
     }
 }

@@ -838,3 +838,67 @@ fn empty_cloud_config() {
     let c = cloud("#cloud-config\n").unwrap();
     assert_eq!(c, ok(""));
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let deep = format!(
+        "hostname = {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(parse(deep.as_bytes(), "deep").is_err());
+    let deep = format!("x = {}1{}\n", "{ a = ".repeat(50_000), " }".repeat(50_000));
+    assert!(parse(deep.as_bytes(), "deep").is_err());
+    let deep = format!(
+        "#cloud-config\nhostname: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let e = parse(deep.as_bytes(), "deep").unwrap_err().to_string();
+    assert!(
+        e.starts_with("deep:2:267: flow collections ([ ] and { }) nested more than 256 deep"),
+        "{e}"
+    );
+}
+
+#[test]
+fn big_yaml_is_read_in_reasonable_time() {
+    // 1 MiB inputs of the shapes a parser may be slow on; each must be
+    // answered (either way) quickly even in a debug build.
+    let inputs = [
+        format!("#cloud-config\n{}", "a: b\n".repeat(200_000)),
+        format!("#cloud-config\nhostname: {}\n", "x".repeat(1_000_000)),
+        format!(
+            "#cloud-config\nntp:\n  servers: [{}]\n",
+            "a, ".repeat(300_000)
+        ),
+        format!(
+            "#cloud-config\nx: {}1{}\n",
+            "[".repeat(256),
+            "]".repeat(256)
+        )
+        .repeat(1000),
+        format!("#cloud-config\n{}", "- ".repeat(400_000)),
+    ];
+    for text in inputs {
+        let t = std::time::Instant::now();
+        let _ = parse(&text.as_bytes()[..text.len().min(MAX_CONFIG_BYTES)], "big");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{:?} for {}…",
+            t.elapsed(),
+            &text[..40]
+        );
+    }
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused() {
+    let mut text = "#cloud-config\natoll:\n  sysctl: {}\n  files: []\nx0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n".to_string();
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("x{i}: &a{i} [{refs}]\n"));
+    }
+    // Unknown keys stop it anyway, but never after expanding 10^10 nodes.
+    assert!(parse(text.as_bytes(), "bomb").is_err());
+}
