@@ -14,3 +14,5 @@ echo "== unit and integration tests"
 cargo test --locked --workspace -- --test-threads=2
 echo "== the DHCP client against dnsmasq (root: network namespaces)"
 cargo test --locked -p atoll-init --lib net::peer_tests -- --ignored
+echo "== fuzzing the config parser (30 s)"
+scripts/fuzz.sh config 30

@@ -50,6 +50,8 @@ pub struct BootSample {
     pub wall_to_ready_ms: u64,
     /// The guest's own split (CLOCK_BOOTTIME, 0 = kernel start).
     pub times: BootTimes,
+    /// The DHCP lease's DISCOVER-to-ACK time (guest ms), from `net status`.
+    pub lease_ms: Option<u64>,
 }
 
 impl BootSample {
@@ -61,6 +63,21 @@ impl BootSample {
 
     pub fn stages_ms(&self) -> u64 {
         self.times.stage1_ms + self.times.stage2_ms
+    }
+
+    /// Guest ms from PID 1's start to the end of the stage 2 step whose
+    /// name ends with `step` (the steps are consecutive, from PID 1's start).
+    pub fn stage2_until(&self, step: &str) -> Option<u64> {
+        let mut total = 0;
+        for s in &self.times.steps {
+            if let Some(name) = s.name.strip_prefix("stage2: ") {
+                total += s.ms;
+                if name.ends_with(step) {
+                    return Some(total);
+                }
+            }
+        }
+        None
     }
 
     /// The table's columns; firmware + GRUB is left out (`None`) when the
@@ -104,6 +121,11 @@ impl BenchConfig {
         if let Some(base) = &self.base {
             b = b.base(base);
         }
+        // As a host in a cloud: a NIC with DHCP, and the default config.
+        b = b.net_user(crate::vm::NetUser::new()).fw_cfg_string(
+            atoll_common::layout::FW_CFG_CONFIG,
+            atoll_common::config::BUILTIN_DEFAULT_TOML,
+        );
         if self.icount {
             for a in ICOUNT_ARGS {
                 b = b.arg(a);
@@ -155,9 +177,19 @@ fn measure(vm: &Vm, config: &BenchConfig, since: Instant) -> Result<(BootSample,
         config.timeout(SETTLE_TIMEOUT),
         |s| !s.slots.is_empty(),
     )?;
+    let mut lease_ms = None;
+    for r in vm.api(&atoll_common::api::Request::NetStatus)? {
+        if let atoll_common::api::Response::Net(n) = r {
+            lease_ms = n
+                .interfaces
+                .iter()
+                .find_map(|i| i.lease.as_ref().map(|l| l.obtained_in_ms));
+        }
+    }
     let sample = BootSample {
         wall_to_ready_ms: duration_ms(wall),
         times: status.boot_times.clone(),
+        lease_ms,
     };
     Ok((sample, status))
 }
@@ -286,6 +318,48 @@ pub fn table(boot: Boot, samples: &[BootSample], icount: bool) -> String {
     out
 }
 
+/// The DHCP lease target: DISCOVER to ACK under QEMU user networking.
+pub const LEASE_TARGET_MS: u64 = 100;
+
+/// Provisioning: guest ms from PID 1's start to the config applied and to
+/// the network configured, and the DHCP lease time, per run and boot.
+pub fn provisioning_table(runs: &[RunSample]) -> String {
+    let mut out = String::from(
+        "provisioning (guest ms from PID 1 start; lease = DHCP DISCOVER to ACK)\n",
+    );
+    out.push_str(&format!(
+        "{:<8} {:>15} {:>19} {:>9}\n",
+        "boot", "config applied", "network configured", "lease"
+    ));
+    let mut leases = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        for (name, b) in [("first", &r.first), ("steady", &r.steady)] {
+            out.push_str(&format!(
+                "{:<8} {:>15} {:>19} {:>9}\n",
+                format!("{}/{name}", i + 1),
+                cell(b.stage2_until("config: applied").map(|v| v as i64)),
+                cell(b.stage2_until("network configured").map(|v| v as i64)),
+                cell(b.lease_ms.map(|v| v as i64)),
+            ));
+            leases.extend(b.lease_ms.map(|v| v as i64));
+        }
+    }
+    if leases.is_empty() {
+        out.push_str("no DHCP lease was reported\n");
+    } else {
+        let m = median(&leases);
+        out.push_str(&format!(
+            "DHCP lease median {m} ms: {} the {LEASE_TARGET_MS} ms target\n",
+            if m <= LEASE_TARGET_MS as i64 {
+                "meets"
+            } else {
+                "misses"
+            }
+        ));
+    }
+    out
+}
+
 /// Both tables and a note on the units.
 pub fn report(runs: &[RunSample], icount: bool) -> String {
     let first: Vec<BootSample> = runs.iter().map(|r| r.first.clone()).collect();
@@ -299,9 +373,10 @@ pub fn report(runs: &[RunSample], icount: bool) -> String {
          from QEMU's start or the kernel's restart line)\n"
     };
     format!(
-        "{}\n{}{note}",
+        "{}\n{}\n{}{note}",
         table(Boot::First, &first, icount),
-        table(Boot::Steady, &steady, icount)
+        table(Boot::Steady, &steady, icount),
+        provisioning_table(runs)
     )
 }
 
@@ -319,7 +394,35 @@ mod tests {
                 total_ms: k + s1 + s2,
                 steps: vec![],
             },
+            lease_ms: None,
         }
+    }
+
+    #[test]
+    fn provisioning_split() {
+        use atoll_common::api::BootStep;
+        let mut a = sample(1000, 500, 100, 200);
+        let step = |name: &str, ms| BootStep {
+            name: name.into(),
+            ms,
+        };
+        a.times.steps = vec![
+            step("stage1: modules", 90),
+            step("stage2: mounts", 10),
+            step("stage2: config: local sources", 20),
+            step("stage2: config: applied", 5),
+            step("stage2: network configured", 40),
+        ];
+        a.lease_ms = Some(25);
+        assert_eq!(a.stage2_until("config: applied"), Some(35));
+        assert_eq!(a.stage2_until("network configured"), Some(75));
+        assert_eq!(a.stage2_until("nothing"), None);
+        let t = provisioning_table(&[RunSample {
+            first: a.clone(),
+            steady: a,
+        }]);
+        assert!(t.contains("1/steady"), "{t}");
+        assert!(t.contains("DHCP lease median 25 ms: meets the 100 ms target"), "{t}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qemu_tests::bench;
 use qemu_tests::disk;
-use qemu_tests::vm::{Firmware, VmBuilder};
+use qemu_tests::vm::{Firmware, NetUser, VmBuilder};
 
 #[derive(Debug, Parser)]
 #[command(about = "Boot Atoll images under QEMU (TCG)")]
@@ -32,6 +32,12 @@ enum Cmd {
         /// first boot. At least the image's size.
         #[arg(long, default_value_t = 8)]
         disk_gib: u64,
+        /// The host config to pass in fw_cfg (`opt/dev.atoll/config`).
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
+        /// Pass no config (the host uses its last good or built-in one).
+        #[arg(long, conflicts_with = "config")]
+        no_config: bool,
     },
     /// Boot N fresh disks, each twice (first boot, then the steady-state
     /// boot after an API reboot), and print both boot time splits per run
@@ -84,15 +90,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             uefi,
             image: img,
             disk_gib,
+            config,
+            no_config,
         } => {
             let base = image(img)?;
             let image_size = std::fs::metadata(&base)?.len();
             let disk_size = disk_gib.saturating_mul(1 << 30).max(image_size);
-            let status = VmBuilder::new("run")
+            // A user-mode NIC the guest can get out through, as any VM.
+            let mut vm = VmBuilder::new("run")
                 .firmware(firmware(uefi))
                 .base(&base)
                 .overlay_size(disk_size)
-                .run_interactive()?;
+                .net_user(NetUser::new().open());
+            if !no_config {
+                let config = if config.is_relative() && !config.exists() {
+                    disk::workspace_root().join(&config)
+                } else {
+                    config
+                };
+                // Check it here first: a typo is clearer before a boot.
+                let bytes = std::fs::read(&config)
+                    .with_context(|| format!("reading the config {}", config.display()))?;
+                atoll_common::config::parse(&bytes, &config.display().to_string())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                eprintln!(
+                    "qemu-tests: booting with the config {} (fw_cfg {})",
+                    config.display(),
+                    atoll_common::layout::FW_CFG_CONFIG
+                );
+                vm = vm.fw_cfg_file(atoll_common::layout::FW_CFG_CONFIG, &config);
+            }
+            let status = vm.run_interactive()?;
             Ok(if status.success() {
                 ExitCode::SUCCESS
             } else {

@@ -263,6 +263,10 @@ pub struct NetUser {
     pub guestfwds: Vec<GuestFwd>,
     /// The NIC's MAC address (QEMU's default: 52:54:00:12:34:56).
     pub mac: Option<[u8; 6]>,
+    /// Let the guest out through the host (`restrict=off`): a gateway and
+    /// DNS, as an ordinary QEMU VM has. For `qemu-tests run` only; tests
+    /// keep the guest in (the default).
+    pub open: bool,
 }
 
 impl NetUser {
@@ -314,6 +318,12 @@ impl NetUser {
         self
     }
 
+    /// See [`NetUser::open`].
+    pub fn open(mut self) -> Self {
+        self.open = true;
+        self
+    }
+
     /// The network and prefix length in force (QEMU's default when unset).
     pub fn network(&self) -> (Ipv4Addr, u8) {
         self.net.unwrap_or((Ipv4Addr::new(10, 0, 2, 0), 24))
@@ -358,7 +368,11 @@ impl NetUser {
 
     /// The `-netdev` value.
     fn netdev_arg(&self) -> String {
-        let mut a = String::from("user,id=n0,restrict=on");
+        let mut a = String::from(if self.open {
+            "user,id=n0,restrict=off"
+        } else {
+            "user,id=n0,restrict=on"
+        });
         if let Some((net, prefix)) = self.net {
             a += &format!(",net={net}/{prefix}");
         }
