@@ -366,9 +366,14 @@ pub fn format_net_status(n: &NetStatus) -> String {
             (true, false) => "up, no carrier",
             (false, _) => "down",
         };
+        let mac = if i.mac.is_empty() {
+            String::new()
+        } else {
+            format!(", mac {}", i.mac)
+        };
         out.push_str(&format!(
-            "{:<10} {:<12} {state}, mtu {}, mac {}\n",
-            i.name, i.method, i.mtu, i.mac
+            "{:<10} {:<12} {state}, mtu {}{mac}\n",
+            i.name, i.method, i.mtu
         ));
         for a in &i.addresses {
             out.push_str(&format!("           {a}\n"));
@@ -550,7 +555,8 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
                 }
                 true
             })?;
-            let n = got.ok_or_else(|| CtlError::Unexpected("no network status in the answer".into()))?;
+            let n =
+                got.ok_or_else(|| CtlError::Unexpected("no network status in the answer".into()))?;
             if json {
                 print_json(&n);
             } else {
@@ -709,5 +715,119 @@ mod tests {
             "is PID 1 running? no API socket at /nonexistent/api.sock"
         );
         assert_eq!(e.exit_code(), exit::UNREACHABLE);
+    }
+
+    #[test]
+    fn net_status_summary() {
+        let n = NetStatus {
+            interfaces: vec![
+                InterfaceStatus {
+                    name: "lo".into(),
+                    mtu: 65536,
+                    up: true,
+                    carrier: true,
+                    method: "loopback".into(),
+                    addresses: vec!["127.0.0.1/8".into()],
+                    ..Default::default()
+                },
+                InterfaceStatus {
+                    name: "eth0".into(),
+                    mac: "52:54:00:12:34:56".into(),
+                    mtu: 1500,
+                    up: true,
+                    carrier: false,
+                    method: "dhcp".into(),
+                    addresses: vec![],
+                    lease: Some(LeaseStatus {
+                        address: "10.0.2.15/24".into(),
+                        server: "10.0.2.2".into(),
+                        gateway: Some("10.0.2.2".into()),
+                        renew_in_s: 60,
+                        rebind_in_s: 90,
+                        expires_in_s: 120,
+                        obtained_in_ms: 25,
+                    }),
+                    error: Some("no carrier".into()),
+                },
+            ],
+            routes: vec!["default via 10.0.2.2 dev eth0".into()],
+            dns: vec!["10.0.2.3".into()],
+            search: vec![],
+            ntp: NtpStatus {
+                servers: vec!["10.0.2.2".into()],
+                synced_from: Some("10.0.2.2:123".into()),
+                last_offset_ms: Some(-3),
+                error: None,
+            },
+        };
+        let t = format_net_status(&n);
+        assert!(t.contains("lo         loopback     up, mtu 65536\n"), "{t}");
+        assert!(
+            t.contains("eth0       dhcp         up, no carrier, mtu 1500, mac 52:54:00:12:34:56"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lease 10.0.2.15/24 from 10.0.2.2, gateway 10.0.2.2"),
+            "{t}"
+        );
+        assert!(t.contains("error: no carrier"), "{t}");
+        assert!(t.contains("  default via 10.0.2.2 dev eth0\n"), "{t}");
+        assert!(t.contains("dns:    10.0.2.3\n"), "{t}");
+        assert!(
+            t.contains("ntp:    10.0.2.2; synced from 10.0.2.2:123, offset -3 ms"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn config_report_and_connect() {
+        let r = ConfigReport {
+            source: "last good config (from fw_cfg opt/dev.atoll/config)".into(),
+            state: "fallback: the config from fw_cfg has errors".into(),
+            errors: vec!["fw_cfg:3:1: key `network.x`: unknown field `x`".into()],
+            tried: vec!["fw_cfg: found 10 bytes".into()],
+            toml: "hostname = \"a\"".into(),
+        };
+        let t = format_config_report(&r);
+        assert!(t.starts_with("# source: last good config"), "{t}");
+        assert!(t.contains("# error:  fw_cfg:3:1: key `network.x`"), "{t}");
+        assert!(t.ends_with("\nhostname = \"a\"\n"), "{t}");
+        let c = ConnectReport {
+            connected: true,
+            peer: Some("10.0.2.100:8080".into()),
+            received: "hi".into(),
+            error: None,
+            elapsed_ms: 3,
+        };
+        assert_eq!(
+            format_connect("x:1", &c),
+            "connected to 10.0.2.100:8080 in 3 ms\nhi\n"
+        );
+        let c = ConnectReport {
+            error: Some("connecting to x:1: refused".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_connect("x:1", &c),
+            "error: connecting to x:1: refused\n"
+        );
+    }
+
+    #[test]
+    fn validates_files_without_a_host() {
+        let dir = crate::stage2::testutil::TempDir::new("validate");
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "hostname = \"ok\"\n").unwrap();
+        let (code, text) = validate_file(&good);
+        assert_eq!(code, exit::OK, "{text}");
+        assert!(text.ends_with(": valid\n"));
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "hostname = \"ok\"\n[network]\nnope = 1\n").unwrap();
+        let (code, text) = validate_file(&bad);
+        assert_eq!(code, exit::INVALID);
+        assert!(text.contains("bad.toml:3:"), "{text}");
+        assert!(text.contains("network.nope"), "{text}");
+        let (code, _) = validate_file(&dir.path().join("missing.toml"));
+        assert_eq!(code, exit::INVALID);
     }
 }
