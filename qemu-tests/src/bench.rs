@@ -324,9 +324,8 @@ pub const LEASE_TARGET_MS: u64 = 100;
 /// Provisioning: guest ms from PID 1's start to the config applied and to
 /// the network configured, and the DHCP lease time, per run and boot.
 pub fn provisioning_table(runs: &[RunSample]) -> String {
-    let mut out = String::from(
-        "provisioning (guest ms from PID 1 start; lease = DHCP DISCOVER to ACK)\n",
-    );
+    let mut out =
+        String::from("provisioning (guest ms from PID 1 start; lease = DHCP DISCOVER to ACK)\n");
     out.push_str(&format!(
         "{:<8} {:>15} {:>19} {:>9}\n",
         "boot", "config applied", "network configured", "lease"
@@ -422,7 +421,10 @@ mod tests {
             steady: a,
         }]);
         assert!(t.contains("1/steady"), "{t}");
-        assert!(t.contains("DHCP lease median 25 ms: meets the 100 ms target"), "{t}");
+        assert!(
+            t.contains("DHCP lease median 25 ms: meets the 100 ms target"),
+            "{t}"
+        );
     }
 
     #[test]

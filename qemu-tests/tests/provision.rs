@@ -107,7 +107,10 @@ fn dhcp_lease_then_a_tcp_request_to_the_host_through_guestfwd() -> TestResult {
     // The boot time split names the network step.
     let s = vm.status()?;
     vm.check(
-        s.boot_times.steps.iter().any(|st| st.name.ends_with("network configured")),
+        s.boot_times
+            .steps
+            .iter()
+            .any(|st| st.name.ends_with("network configured")),
         || format!("no network step in {:?}", s.boot_times.steps),
     )?;
     vm.poweroff()?;
@@ -134,7 +137,10 @@ dns = ["10.0.2.3"]
         .net_user(echo_net(&echo).mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]))
         .fw_cfg_string(FW_CFG_CONFIG, config)
         .start()?;
-    vm.wait_for("atoll: config: using fw_cfg opt/dev.atoll/config", BOOT_TIMEOUT)?;
+    vm.wait_for(
+        "atoll: config: using fw_cfg opt/dev.atoll/config",
+        BOOT_TIMEOUT,
+    )?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     let n = net_status(&vm)?;
     vm.check(has_address(&n, "static", "10.0.2.20/24"), || {
@@ -149,9 +155,10 @@ dns = ["10.0.2.3"]
         format!("hostname {:?}, not static-host", s.hostname)
     })?;
     let c = config_show(&vm)?;
-    vm.check(c.state == "applied" && c.toml.contains("static-host"), || {
-        format!("config show: {c:?}")
-    })?;
+    vm.check(
+        c.state == "applied" && c.toml.contains("static-host"),
+        || format!("config show: {c:?}"),
+    )?;
     Ok(())
 }
 
@@ -178,7 +185,10 @@ fn cloud_config_from_a_vfat_cidata_volume() -> TestResult {
     let vm = Vm::builder("cidata_vfat_cloud_config")
         .extra_disk(&seed, DiskFormat::Raw)
         .start()?;
-    vm.wait_for("atoll: config: using CIDATA /dev/vdb user-data", BOOT_TIMEOUT)?;
+    vm.wait_for(
+        "atoll: config: using CIDATA /dev/vdb user-data",
+        BOOT_TIMEOUT,
+    )?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     let s = vm.status()?;
     vm.check(s.hostname == "cidata-host", || {
@@ -206,12 +216,18 @@ fn gzip_toml_from_an_iso9660_cidata_volume() -> TestResult {
     let user_data = gz.finish()?;
     let seed = Cidata::iso(
         dir.path(),
-        &[("user-data", &user_data), ("meta-data", b"instance-id: i-2\n")],
+        &[
+            ("user-data", &user_data),
+            ("meta-data", b"instance-id: i-2\n"),
+        ],
     )?;
     let vm = Vm::builder("cidata_iso_gzip")
         .extra_disk(&seed, DiskFormat::Raw)
         .start()?;
-    vm.wait_for("atoll: config: using CIDATA /dev/vdb user-data", BOOT_TIMEOUT)?;
+    vm.wait_for(
+        "atoll: config: using CIDATA /dev/vdb user-data",
+        BOOT_TIMEOUT,
+    )?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     let s = vm.status()?;
     vm.check(s.hostname == "iso-host", || {
@@ -243,16 +259,14 @@ fn config_from_an_ec2_metadata_service() -> TestResult {
     let data = reqs
         .iter()
         .position(|r| r.method == "GET" && r.path_only() == "/latest/user-data" && r.status == 200);
-    vm.check(
-        matches!((token, data), (Some(t), Some(d)) if t < d),
-        || format!("no IMDSv2 token flow: {reqs:?}"),
-    )?;
+    vm.check(matches!((token, data), (Some(t), Some(d)) if t < d), || {
+        format!("no IMDSv2 token flow: {reqs:?}")
+    })?;
     let n = net_status(&vm)?;
     // slirp hands out an address in the link-local /16.
     let leased = n.interfaces.iter().any(|i| {
         i.method == "dhcp"
-            && i
-                .addresses
+            && i.addresses
                 .iter()
                 .any(|a| a.starts_with("169.254.") && a.ends_with("/16"))
     });
@@ -286,7 +300,11 @@ fn a_broken_config_keeps_the_last_good_one() -> TestResult {
     disk::create_overlay(&disk::base_image()?, &overlay, None)?;
 
     // 1. A good config: applied and kept.
-    let vm = boot_with("broken_config_1_good", &overlay, "hostname = \"good-host\"\n")?;
+    let vm = boot_with(
+        "broken_config_1_good",
+        &overlay,
+        "hostname = \"good-host\"\n",
+    )?;
     let c = config_show(&vm)?;
     vm.check(c.state == "applied", || format!("first boot: {c:?}"))?;
     stop(vm)?;
@@ -300,7 +318,12 @@ fn a_broken_config_keeps_the_last_good_one() -> TestResult {
             ":3:",
             "network.not_a_key",
         ),
-        ("bad_toml", "hostname = \"bad-host\"\nthis is not toml\n", ":2:", ""),
+        (
+            "bad_toml",
+            "hostname = \"bad-host\"\nthis is not toml\n",
+            ":2:",
+            "",
+        ),
         (
             "wrong_type",
             "hostname = \"bad-host\"\n[network]\ndhcp_default = \"yes\"\n",
@@ -325,7 +348,10 @@ fn a_broken_config_keeps_the_last_good_one() -> TestResult {
         )?;
         let s = vm.status()?;
         vm.check(s.hostname == "good-host", || {
-            format!("{what}: hostname {:?}, not the last good good-host", s.hostname)
+            format!(
+                "{what}: hostname {:?}, not the last good good-host",
+                s.hostname
+            )
         })?;
         stop(vm)?;
     }

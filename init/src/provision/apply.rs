@@ -90,7 +90,10 @@ pub fn write_file(root: &Path, spec: &FileSpec) -> Result<(), ApplyError> {
         path: spec.path.clone(),
         why,
     };
-    let rel = spec.path.strip_prefix("/var").map_err(|_| bad("not under /var"))?;
+    let rel = spec
+        .path
+        .strip_prefix("/var")
+        .map_err(|_| bad("not under /var"))?;
     if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(bad("not a plain path below /var"));
     }
@@ -103,7 +106,9 @@ pub fn write_file(root: &Path, spec: &FileSpec) -> Result<(), ApplyError> {
     for c in &comps[..comps.len() - 1] {
         dir = dir.join(c);
         match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => return Err(bad("a directory on its path is a symlink")),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(bad("a directory on its path is a symlink"))
+            }
             Ok(m) if !m.is_dir() => return Err(bad("a parent on its path is not a directory")),
             Ok(_) => {}
             Err(_) => std::fs::create_dir(&dir).map_err(err)?,
@@ -195,7 +200,10 @@ mod tests {
             "10\n"
         );
         let e = write_sysctl(dir.path(), "kernel.nope", "1").unwrap_err();
-        assert!(e.to_string().starts_with("sysctl kernel.nope: writing"), "{e}");
+        assert!(
+            e.to_string().starts_with("sysctl kernel.nope: writing"),
+            "{e}"
+        );
     }
 
     fn spec(path: &str) -> FileSpec {
@@ -222,7 +230,13 @@ mod tests {
         );
         // Again, replacing it.
         write_file(root, &spec("/var/lib/app/conf.txt")).unwrap();
-        for bad in ["/etc/passwd", "/var", "/var/../etc/x", "/var/lib/../../etc/x", "var/x"] {
+        for bad in [
+            "/etc/passwd",
+            "/var",
+            "/var/../etc/x",
+            "/var/lib/../../etc/x",
+            "var/x",
+        ] {
             assert!(write_file(root, &spec(bad)).is_err(), "{bad}");
         }
         // A symlinked directory on the way is refused.
@@ -235,12 +249,21 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("var/lib/app/link")).unwrap();
         write_file(root, &spec("/var/lib/app/link")).unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
-        assert_eq!(std::fs::read(root.join("var/lib/app/link")).unwrap(), b"hello\n");
+        assert_eq!(
+            std::fs::read(root.join("var/lib/app/link")).unwrap(),
+            b"hello\n"
+        );
     }
 
     #[test]
     fn bundles_certificates() {
-        let b = ca_bundle(&["-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----".into(), "x\n\n".into()]);
-        assert_eq!(b, "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\nx\n");
+        let b = ca_bundle(&[
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----".into(),
+            "x\n\n".into(),
+        ]);
+        assert_eq!(
+            b,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\nx\n"
+        );
     }
 }

@@ -266,10 +266,9 @@ mod tests {
         assert!(parse_complete(b"HTTP/1.1 abc\r\n\r\n").is_err());
         assert!(parse_complete(b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n").is_err());
         assert!(parse_complete(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
-        assert!(parse_complete(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
-        )
-        .is_err());
+        assert!(
+            parse_complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
         assert!(parse_complete(b"HTTP/1.1 200 OK\r\n").is_err());
     }
 
@@ -298,7 +297,10 @@ mod tests {
         .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
         let req = server.join().unwrap();
-        assert!(req.starts_with("PUT /latest/api/token HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.starts_with("PUT /latest/api/token HTTP/1.1\r\n"),
+            "{req}"
+        );
         assert!(req.contains("X-Test: 1\r\n"));
         assert!(req.contains("Content-Length: 0\r\n"));
     }

@@ -109,7 +109,9 @@ mod tests {
     fn parse(data: &[u8], source: &str) -> Result<String, String> {
         let s = String::from_utf8_lossy(data).into_owned();
         if s.starts_with("bad") {
-            Err(format!("{source}:1:1: key `x`: bad\n{source}:2:1: key `y`: worse"))
+            Err(format!(
+                "{source}:1:1: key `x`: bad\n{source}:2:1: key `y`: worse"
+            ))
         } else {
             Ok(s)
         }
@@ -135,7 +137,13 @@ mod tests {
 
     #[test]
     fn a_good_config_is_applied_and_kept() {
-        let d = decide(found("good"), vec![], last_good("old"), || "default".into(), parse);
+        let d = decide(
+            found("good"),
+            vec![],
+            last_good("old"),
+            || "default".into(),
+            parse,
+        );
         assert_eq!(d.config, "good");
         assert_eq!(d.report.state, "applied");
         assert_eq!(d.report.source, "fw_cfg opt/dev.atoll/config");
@@ -144,7 +152,13 @@ mod tests {
 
     #[test]
     fn a_bad_config_falls_back_to_the_last_good_one() {
-        let d = decide(found("bad"), vec![], last_good("old"), || "default".into(), parse);
+        let d = decide(
+            found("bad"),
+            vec![],
+            last_good("old"),
+            || "default".into(),
+            parse,
+        );
         assert_eq!(d.config, "old");
         assert!(d.report.source.starts_with("last good config (from CIDATA"));
         assert_eq!(
@@ -178,7 +192,11 @@ mod tests {
     fn a_stale_last_good_config_gives_the_default() {
         let d = decide(None, vec![], last_good("bad"), || "default".into(), parse);
         assert_eq!(d.config, "default");
-        assert!(d.report.state.contains("no longer parses"), "{}", d.report.state);
+        assert!(
+            d.report.state.contains("no longer parses"),
+            "{}",
+            d.report.state
+        );
         assert_eq!(d.report.errors.len(), 2);
     }
 }

@@ -432,7 +432,10 @@ mod tests {
         std::fs::write(dev.join("dm-0"), fat32_head(b"CIDATA     ")).unwrap();
         assert_eq!(find_cidata(&sys, &dev), None, "dm devices are skipped");
         std::fs::write(dev.join("vdb"), fat32_head(b"CIDATA     ")).unwrap();
-        assert_eq!(find_cidata(&sys, &dev), Some((dev.join("vdb"), SeedFs::Vfat)));
+        assert_eq!(
+            find_cidata(&sys, &dev),
+            Some((dev.join("vdb"), SeedFs::Vfat))
+        );
     }
 
     #[test]
@@ -461,7 +464,11 @@ mod tests {
         let dir = TempDir::new("dmi");
         let d = dir.path();
         std::fs::write(d.join("sys_vendor"), "QEMU\n").unwrap();
-        std::fs::write(d.join("product_name"), "Standard PC (i440FX + PIIX, 1996)\n").unwrap();
+        std::fs::write(
+            d.join("product_name"),
+            "Standard PC (i440FX + PIIX, 1996)\n",
+        )
+        .unwrap();
         assert_eq!(detect_cloud(d), None);
         std::fs::write(d.join("sys_vendor"), "Amazon EC2\n").unwrap();
         assert_eq!(detect_cloud(d), Some(Cloud::Ec2));
@@ -498,7 +505,10 @@ mod tests {
                         .any(|l| l.starts_with("X-aws-ec2-metadata-token-ttl-seconds: ")));
                     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ntoken".to_vec()
                 } else if first.starts_with("GET /latest/user-data ") {
-                    if !lines.iter().any(|l| l == "X-aws-ec2-metadata-token: token\r\n") {
+                    if !lines
+                        .iter()
+                        .any(|l| l == "X-aws-ec2-metadata-token: token\r\n")
+                    {
                         b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_vec()
                     } else if let Some(d) = user_data {
                         let mut a =
@@ -546,6 +556,9 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         let p = metadata(Cloud::OpenStack, &addr, Duration::from_millis(500)).await;
-        assert!(matches!(p, Probe::Failed(ref s) if s.contains("user data")), "{p:?}");
+        assert!(
+            matches!(p, Probe::Failed(ref s) if s.contains("user data")),
+            "{p:?}"
+        );
     }
 }

@@ -92,7 +92,12 @@ pub fn net_plan(cfg: &Config, hostname: &str) -> NetPlan {
     NetPlan {
         interfaces,
         dhcp_default: n.dhcp_default,
-        dns: n.dns.iter().filter_map(|d| d.get()).copied().collect::<Vec<IpAddr>>(),
+        dns: n
+            .dns
+            .iter()
+            .filter_map(|d| d.get())
+            .copied()
+            .collect::<Vec<IpAddr>>(),
         search: n.search.clone(),
         ntp_servers: if cfg.ntp.enabled {
             cfg.ntp.servers.clone()
@@ -172,8 +177,9 @@ pub async fn provision(
                 let plan = net_plan(&config::builtin_default(), &default_host);
                 let handle = net::start(plan.clone(), net_status.clone());
                 handle.configured().await;
-                let p = sources::metadata(cloud, sources::METADATA_ADDR, sources::METADATA_DEADLINE)
-                    .await;
+                let p =
+                    sources::metadata(cloud, sources::METADATA_ADDR, sources::METADATA_DEADLINE)
+                        .await;
                 tried.push(p.summary("metadata"));
                 if let Probe::Found(f) = p {
                     found = Some(f);
@@ -199,7 +205,10 @@ pub async fn provision(
         say(3, format!("atoll: config: ERROR: {e}"));
     }
     if rep.state.starts_with("fallback") {
-        say(4, format!("atoll: config: {}; using the {}", rep.state, rep.source));
+        say(
+            4,
+            format!("atoll: config: {}; using the {}", rep.state, rep.source),
+        );
     } else {
         say(6, format!("atoll: config: using {}", rep.source));
     }
@@ -249,7 +258,10 @@ pub async fn provision(
     for line in net.summary() {
         say(6, format!("atoll: net: {line}"));
     }
-    if tokio::time::timeout(TIME_WAIT, net.time_set()).await.is_err() {
+    if tokio::time::timeout(TIME_WAIT, net.time_set())
+        .await
+        .is_err()
+    {
         log::warn!("the clock is not synchronised yet; going on");
     }
     steps.done("clock");
