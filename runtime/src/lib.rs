@@ -1,4 +1,12 @@
 //! Atoll's container runtime: image pull and store, containers and pods
 //! (shared/DESIGN.md, "Runtime").
 //!
-//! Not built yet: it comes with the runtime issue.
+//! Built so far, the image half:
+//! - [`reference`]: image references parsed and normalised as Docker and
+//!   podman do (`alpine` is `docker.io/library/alpine:latest`).
+//! - [`digest`]: sha256 content digests and hashing readers/writers.
+//!
+//! Not built yet: containers, pods and the runc-compatible command line.
+
+pub mod digest;
+pub mod reference;
