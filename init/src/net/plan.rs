@@ -187,35 +187,9 @@ impl NetPlan {
     }
 }
 
-/// Shell-style glob: `*` matches any run of characters (also none), `?` one.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matcher with one backtrack point for the last `*`.
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
-            }
-            Some(c) if *c == '?' || *c == n[ni] => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    pi = sp + 1;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
+/// Shell-style glob: `*` matches any run of characters (also none), `?` one
+/// (the config's own matcher, so the config and the network agree).
+pub use atoll_common::config::names::glob_match;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{text:?} is not a MAC address (six hex bytes separated by ':' or '-')")]

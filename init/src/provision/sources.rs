@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::http;
+use crate::stage2::data::error_chain as chain;
 
 /// The fw_cfg file name QEMU users pass the config under.
 pub const FW_CFG_NAME: &str = atoll_common::layout::FW_CFG_CONFIG;
@@ -284,6 +285,23 @@ pub fn detect_cloud(dmi: &Path) -> Option<Cloud> {
 pub const METADATA_DEADLINE: Duration = Duration::from_secs(10);
 const METADATA_TRY: Duration = Duration::from_secs(2);
 
+/// GETs user data: `None` when the service has none (404).
+async fn user_data(
+    addr: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Option<Vec<u8>>, String> {
+    let r = http::request(addr, "GET", path, headers, METADATA_TRY)
+        .await
+        .map_err(|e| format!("user data: {}", chain(&e)))?;
+    match r.status {
+        200 => Ok(Some(r.body)),
+        404 => Ok(None),
+        s => Err(format!("{base}{path} answered {s}")),
+    }
+}
+
 /// One attempt at the cloud's user data.
 async fn metadata_once(cloud: Cloud, addr: &str) -> Result<Option<Vec<u8>>, String> {
     let base = format!("http://{}", addr.trim_end_matches(":80"));
@@ -307,37 +325,15 @@ async fn metadata_once(cloud: Cloud, addr: &str) -> Result<Option<Vec<u8>>, Stri
             if token.is_empty() || token.contains(['\r', '\n']) {
                 return Err("the IMDSv2 token is empty or malformed".into());
             }
-            let r = http::request(
+            user_data(
                 addr,
-                "GET",
+                &base,
                 "/latest/user-data",
                 &[("X-aws-ec2-metadata-token", token)],
-                METADATA_TRY,
             )
             .await
-            .map_err(|e| format!("user data: {}", chain(&e)))?;
-            match r.status {
-                200 => Ok(Some(r.body)),
-                404 => Ok(None),
-                s => Err(format!("{base}/latest/user-data answered {s}")),
-            }
         }
-        Cloud::OpenStack => {
-            let r = http::request(
-                addr,
-                "GET",
-                "/openstack/latest/user_data",
-                &[],
-                METADATA_TRY,
-            )
-            .await
-            .map_err(|e| format!("user data: {}", chain(&e)))?;
-            match r.status {
-                200 => Ok(Some(r.body)),
-                404 => Ok(None),
-                s => Err(format!("{base}/openstack/latest/user_data answered {s}")),
-            }
-        }
+        Cloud::OpenStack => user_data(addr, &base, "/openstack/latest/user_data", &[]).await,
     }
 }
 
@@ -366,17 +362,6 @@ pub async fn metadata(cloud: Cloud, addr: &str, deadline: Duration) -> Probe {
             }
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
