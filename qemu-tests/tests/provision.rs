@@ -172,6 +172,20 @@ write_files:
     permissions: '0640'
 ";
 
+/// Boots with `seed` as a second disk (/dev/vdb) and waits for ready,
+/// checking the config came from it.
+fn boot_with_seed(name: &str, seed: &std::path::Path) -> Result<Vm, VmError> {
+    let vm = Vm::builder(name)
+        .extra_disk(seed, DiskFormat::Raw)
+        .start()?;
+    vm.wait_for(
+        "atoll: config: using CIDATA /dev/vdb user-data",
+        BOOT_TIMEOUT,
+    )?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    Ok(vm)
+}
+
 #[test]
 fn cloud_config_from_a_vfat_cidata_volume() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -182,14 +196,7 @@ fn cloud_config_from_a_vfat_cidata_volume() -> TestResult {
             ("meta-data", b"instance-id: i-1\n"),
         ],
     )?;
-    let vm = Vm::builder("cidata_vfat_cloud_config")
-        .extra_disk(&seed, DiskFormat::Raw)
-        .start()?;
-    vm.wait_for(
-        "atoll: config: using CIDATA /dev/vdb user-data",
-        BOOT_TIMEOUT,
-    )?;
-    vm.wait_ready(BOOT_TIMEOUT)?;
+    let vm = boot_with_seed("cidata_vfat_cloud_config", &seed)?;
     let s = vm.status()?;
     vm.check(s.hostname == "cidata-host", || {
         format!("hostname {:?}, not cidata-host", s.hostname)
@@ -221,14 +228,7 @@ fn gzip_toml_from_an_iso9660_cidata_volume() -> TestResult {
             ("meta-data", b"instance-id: i-2\n"),
         ],
     )?;
-    let vm = Vm::builder("cidata_iso_gzip")
-        .extra_disk(&seed, DiskFormat::Raw)
-        .start()?;
-    vm.wait_for(
-        "atoll: config: using CIDATA /dev/vdb user-data",
-        BOOT_TIMEOUT,
-    )?;
-    vm.wait_ready(BOOT_TIMEOUT)?;
+    let vm = boot_with_seed("cidata_iso_gzip", &seed)?;
     let s = vm.status()?;
     vm.check(s.hostname == "iso-host", || {
         format!("hostname {:?}, not iso-host", s.hostname)
