@@ -5,8 +5,11 @@
 //! - [`reference`]: image references parsed and normalised as Docker and
 //!   podman do (`alpine` is `docker.io/library/alpine:latest`).
 //! - [`digest`]: sha256 content digests and hashing readers/writers.
+//! - [`manifest`]: OCI and Docker schema 2 manifests, indexes and configs,
+//!   with platform selection.
 //!
 //! Not built yet: containers, pods and the runc-compatible command line.
 
 pub mod digest;
+pub mod manifest;
 pub mod reference;
