@@ -159,8 +159,10 @@ impl<R: Read> HashingReader<R> {
         (self.hasher.finish(), len)
     }
 
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
+    /// The reader back, with the digest and length of what was read.
+    pub fn into_parts(self) -> (R, Digest, u64) {
+        let len = self.hasher.len();
+        (self.inner, self.hasher.finish(), len)
     }
 }
 

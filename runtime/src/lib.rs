@@ -7,9 +7,11 @@
 //! - [`digest`]: sha256 content digests and hashing readers/writers.
 //! - [`manifest`]: OCI and Docker schema 2 manifests, indexes and configs,
 //!   with platform selection.
+//! - [`unpack`]: safe layer unpacking into overlayfs lower dirs.
 //!
 //! Not built yet: containers, pods and the runc-compatible command line.
 
 pub mod digest;
 pub mod manifest;
 pub mod reference;
+pub mod unpack;
