@@ -468,7 +468,14 @@ impl ModuleDb {
     /// `modules.alias`. A module that fails is recorded and logged, never
     /// fatal.
     pub fn coldplug(&self) -> ColdplugReport {
-        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), None)
+        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), None, None)
+    }
+
+    /// Coldplug for the devices whose modalias `wanted` accepts only (e.g.
+    /// the NICs, which the boot needs before ready); [`ModuleDb::coldplug`]
+    /// loads the rest later.
+    pub fn coldplug_matching(&self, wanted: &dyn Fn(&str) -> bool) -> ColdplugReport {
+        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), None, Some(wanted))
     }
 
     /// Coldplug for a boot that needs one device: stops as soon as
@@ -480,7 +487,7 @@ impl ModuleDb {
     /// ~430 ms under QEMU TCG) is loaded for a controller with no disk.
     /// What it leaves out, stage 2's full coldplug loads.
     pub fn coldplug_until(&self, enough: &mut dyn FnMut() -> bool) -> ColdplugReport {
-        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), Some(enough))
+        self.coldplug_with(&RunningKernel, Path::new("/sys/bus"), Some(enough), None)
     }
 
     fn coldplug_with(
@@ -488,6 +495,7 @@ impl ModuleDb {
         kernel: &dyn Kernel,
         buses: &Path,
         mut enough: Option<&mut dyn FnMut() -> bool>,
+        wanted: Option<&dyn Fn(&str) -> bool>,
     ) -> ColdplugReport {
         let start = Instant::now();
         let mut report = ColdplugReport::default();
@@ -497,6 +505,9 @@ impl ModuleDb {
         let mut pending: Vec<(String, String)> = Vec::new();
         let add = |pending: &mut Vec<(String, String)>, aliases: Vec<String>| {
             for alias in aliases {
+                if wanted.is_some_and(|w| !w(&alias)) {
+                    continue;
+                }
                 for module in self.aliases.lookup(&alias) {
                     if !pending.iter().any(|(m, _)| *m == module) {
                         pending.push((module, alias.clone()));
@@ -566,6 +577,19 @@ impl ModuleDb {
             .map(|m| std::fs::metadata(self.dir.join(&m.path)).map_or(0, |md| md.len()))
             .sum()
     }
+}
+
+/// Whether a modalias is a network device's: a PCI network controller
+/// (class 02), a virtio network device, or a Xen/Hyper-V-style virtual NIC
+/// on its own bus is left to the full coldplug.
+pub fn is_network_modalias(alias: &str) -> bool {
+    (alias.starts_with("pci:") && alias.contains("bc02"))
+        || alias.starts_with("virtio:d00000001v")
+}
+
+/// Whether a modalias is QEMU's fw_cfg device (ACPI `QEMU0002`).
+pub fn is_fw_cfg_modalias(alias: &str) -> bool {
+    alias.starts_with("acpi:QEMU0002:")
 }
 
 /// The devices coldplug has looked at, and the aliases it has seen.
@@ -1153,7 +1177,7 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
             ..FakeKernel::default()
         };
         k.loaded.borrow_mut().push("virtio_ring".into());
-        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None);
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None, None);
         assert_eq!(
             report.loaded,
             [
@@ -1226,6 +1250,7 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
                 checks += 1;
                 disk.exists()
             }),
+            None,
         );
         assert_eq!(
             report.loaded,
@@ -1243,18 +1268,40 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
         assert_eq!(checks, 3);
 
         // Already there (a built-in driver): nothing to load.
-        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), Some(&mut || true));
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), Some(&mut || true), None);
         assert!(report.loaded.is_empty());
 
         // Never there: every driver gets its turn, as in a full coldplug.
         let k = FakeKernel::default();
-        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), Some(&mut || false));
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), Some(&mut || false), None);
         assert!(
             report.loaded.contains(&"ata_piix".to_string()),
             "{:?}",
             report.loaded
         );
         assert!(report.loaded.contains(&"virtio_pci".to_string()));
+    }
+
+    #[test]
+    fn coldplug_matching_loads_only_the_wanted_devices() {
+        let tree = Tree::new("matching");
+        let db = db(&tree);
+        device(
+            &tree,
+            "pci",
+            "0000:00:01.1",
+            "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80",
+        );
+        device(&tree, "virtio", "virtio0", "virtio:d00000002v00001AF4");
+        let k = FakeKernel::default();
+        let wanted = |a: &str| a.starts_with("virtio:d00000002");
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None, Some(&wanted));
+        assert!(report.loaded.contains(&"virtio_blk".to_string()));
+        assert!(!report.loaded.contains(&"ata_piix".to_string()), "{:?}", report.loaded);
+        assert!(is_network_modalias("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"));
+        assert!(is_network_modalias("virtio:d00000001v00001AF4"));
+        assert!(!is_network_modalias("pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"));
+        assert!(is_fw_cfg_modalias("acpi:QEMU0002:"));
     }
 
     #[test]
@@ -1266,7 +1313,7 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
             failing: vec!["virtio_ring"],
             ..FakeKernel::default()
         };
-        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None);
+        let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None, None);
         assert_eq!(report.loaded, ["virtio"]);
         assert_eq!(report.failed.len(), 1);
         assert!(

@@ -140,7 +140,15 @@ fn probe_local(db: Option<&ModuleDb>) -> (Option<sources::Found>, Vec<String>) {
             }
         }
     };
-    let p = sources::cidata(Path::new("/sys/class/block"), Path::new("/dev"), &load);
+    let mut p = sources::cidata(Path::new("/sys/class/block"), Path::new("/dev"), &load);
+    if let (Probe::Absent(_), Some(db)) = (&p, db) {
+        // The seed may sit behind a controller whose driver is not loaded
+        // yet (only the NICs and fw_cfg load before this step).
+        let report = db.coldplug();
+        if !report.loaded.is_empty() {
+            p = sources::cidata(Path::new("/sys/class/block"), Path::new("/dev"), &load);
+        }
+    }
     tried.push(p.summary("CIDATA"));
     if let Probe::Found(f) = p {
         return (Some(f), tried);

@@ -207,7 +207,23 @@ fn coldplug_rest(db: &ModuleDb) {
     load_modules(db, &["button", "evdev"]);
 }
 
-/// Everything at once (trial boots, and boots where stage 1 left no disk).
+/// What the config step needs before ready: the NICs and QEMU's fw_cfg
+/// (and, on a trial boot, the watchdog first). The rest loads after ready.
+fn coldplug_early(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
+    let db = open_modules()?;
+    if trial {
+        arm_watchdog(&db, &dog);
+    }
+    let report = db.coldplug_matching(&|a: &str| {
+        crate::modules::is_network_modalias(a) || crate::modules::is_fw_cfg_modalias(a)
+    });
+    for (m, why) in &report.failed {
+        log::warn!("module {m}: {why}");
+    }
+    Some(db)
+}
+
+/// Everything at once (boots where stage 1 left no disk).
 fn coldplug_all(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
     let db = open_modules()?;
     if trial {
@@ -328,9 +344,9 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     steps.done("journal socket");
 
-    // Module coldplug starts now, beside DATA: the config step needs the
-    // network drivers and fw_cfg, and a trial boot wants its watchdog
-    // armed early.
+    // The drivers the config step needs (NICs, fw_cfg) load now, beside
+    // DATA; a trial boot arms its watchdog first. The rest (IDE, input,
+    // the API port, …) loads after ready.
     let trial = args.mode == Some(BootMode::Trial);
     let dog: SharedDog = Arc::default();
     if trial {
@@ -338,7 +354,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     let mut modules_task = {
         let d = dog.clone();
-        Some(tokio::task::spawn_blocking(move || coldplug_all(trial, d)))
+        Some(tokio::task::spawn_blocking(move || coldplug_early(trial, d)))
     };
 
     // 3. DATA on /var.
@@ -546,14 +562,22 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         t.stage2_ms
     );
 
-    // 9. After ready: cgroup controllers, kernel messages, the power
-    // button, the API's virtio-serial port.
+    // 9. After ready: the API's virtio-serial port, the remaining drivers,
+    // cgroup controllers, kernel messages, the power button.
     {
         let mut d = lock(&dog);
         d.ready = true;
         if let Some(w) = d.dog.take() {
             w.disarm();
         }
+    }
+    if let Some(db) = db.clone() {
+        let d = db.clone();
+        let _ = tokio::task::spawn_blocking(move || load_modules(&d, &["virtio_console"])).await;
+        start_virtio_port(&ctx).await;
+        steps.done("after ready: API port");
+        let _ = tokio::task::spawn_blocking(move || coldplug_rest(&db)).await;
+        steps.done("after ready: coldplug");
     }
     if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
         log::warn!("cgroup controllers: {e}");
