@@ -16,6 +16,10 @@
 //! - [`data`]: the empty ext4 DATA file system;
 //! - [`disk`]: the GPT and the sparse disk file, qcow2.
 //!
+//! Updates (docs/updates.md): [`keys`] makes and rotates the signing keys
+//! of an update repository; [`release`] turns a built slot image into a
+//! signed release in it.
+//!
 //! The same inputs give the same bytes: every identifier is derived from
 //! the inputs ([`ids`]) and every time stamp is fixed.
 
@@ -31,8 +35,10 @@ pub mod ids;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;
+pub mod keys;
 pub mod libs;
 pub mod modules;
+pub mod release;
 pub mod slot;
 pub mod tool;
 pub mod tree;

@@ -2,11 +2,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use atoll_updater::metadata::time::parse_span;
+use atoll_updater::metadata::{RoleName, Rollout, Time, Version};
 use clap::{Parser, Subcommand};
 use image_build::image::{self, size};
 use image_build::kernel::Fetched;
+use image_build::keys::{self, KeyDir};
+use image_build::release::{self, Expiry, ReleaseOptions};
 use image_build::workspace;
 
 #[derive(Debug, Parser)]
@@ -51,6 +56,87 @@ enum Cmd {
         /// Kernel package cache [default: OUT/cache].
         #[arg(long)]
         cache: Option<PathBuf>,
+    },
+    /// Make, rotate and show the signing keys of an update repository.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Turn the built slot image into a signed release in the update repository.
+    Release {
+        /// Keys directory (image-build keys init).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Update repository.
+        #[arg(long, default_value = "target/atoll/repo")]
+        repo: PathBuf,
+        /// Release version [default: build.json's version].
+        #[arg(long)]
+        version: Option<Version>,
+        /// The slot image (squashfs + dm-verity).
+        #[arg(long, default_value = "target/atoll/work/slot.img")]
+        slot: PathBuf,
+        /// build.json of the build that made the slot.
+        #[arg(long, default_value = "target/atoll/build.json")]
+        build_json: PathBuf,
+        /// Expiry of targets.json and snapshot.json (s, m, h, d, w).
+        #[arg(long, default_value = "7d", value_parser = parse_span)]
+        expires: Duration,
+        /// Expiry of timestamp.json: re-sign (image-build resign) more often.
+        #[arg(long, default_value = "1d", value_parser = parse_span)]
+        timestamp_expires: Duration,
+        /// Rollout start (YYYY-MM-DDTHH:MM:SSZ); needs --rollout-duration.
+        #[arg(long, value_parser = Time::parse, requires = "rollout_duration")]
+        rollout_start: Option<Time>,
+        /// Rollout duration, e.g. 24h; starts now without --rollout-start.
+        #[arg(long, value_parser = parse_span)]
+        rollout_duration: Option<Duration>,
+        /// Hosts older than this must not update to this release.
+        #[arg(long)]
+        min_version: Option<Version>,
+    },
+    /// Re-sign the repository's metadata with fresh expiries and publish
+    /// rotated roots (run from cron, more often than the timestamp expiry).
+    Resign {
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long, default_value = "target/atoll/repo")]
+        repo: PathBuf,
+        #[arg(long, default_value = "7d", value_parser = parse_span)]
+        expires: Duration,
+        #[arg(long, default_value = "1d", value_parser = parse_span)]
+        timestamp_expires: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Make one ed25519 key per role and root.json version 1.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Root expiry.
+        #[arg(long, default_value = "365d", value_parser = parse_span)]
+        expires: Duration,
+    },
+    /// Add a key to a role (optionally revoking one) and sign root N+1.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        /// root, targets, snapshot or timestamp.
+        #[arg(long)]
+        role: RoleName,
+        /// Key id to take off the role.
+        #[arg(long)]
+        revoke: Option<String>,
+        /// Expiry of the new root.
+        #[arg(long, default_value = "365d", value_parser = parse_span)]
+        expires: Duration,
+    },
+    /// Show the root's version, expiry, roles and keys.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -119,6 +205,118 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  UEFI: add -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
             println!("        -drive if=pflash,format=raw,file=<a copy of /usr/share/OVMF/OVMF_VARS_4M.fd>");
         }
+        Cmd::Keys { command } => run_keys(command, &at)?,
+        Cmd::Release {
+            keys,
+            repo,
+            version,
+            slot,
+            build_json,
+            expires,
+            timestamp_expires,
+            rollout_start,
+            rollout_duration,
+            min_version,
+        } => {
+            let now = Time::now();
+            let opts = ReleaseOptions {
+                keys: at(&keys),
+                repo: at(&repo),
+                version,
+                slot: at(&slot),
+                build_json: at(&build_json),
+                expiry: Expiry {
+                    metadata: expires,
+                    timestamp: timestamp_expires,
+                },
+                rollout: rollout_duration.map(|d| Rollout {
+                    start: rollout_start.unwrap_or(now),
+                    duration: d.as_secs(),
+                }),
+                min_version,
+                now,
+            };
+            let published = release::release(&opts)?;
+            if let Some((name, path, target)) = &published.release {
+                println!();
+                println!("release:  {name}");
+                println!("file:     {} ({})", path.display(), size(target.length));
+                println!("sha256:   {}", target.hashes.sha256);
+            }
+            print_published(&opts.repo, &published);
+        }
+        Cmd::Resign {
+            keys,
+            repo,
+            expires,
+            timestamp_expires,
+        } => {
+            let repo = at(&repo);
+            let expiry = Expiry {
+                metadata: expires,
+                timestamp: timestamp_expires,
+            };
+            let published = release::resign(&at(&keys), &repo, expiry, Time::now())?;
+            print_published(&repo, &published);
+        }
     }
     Ok(())
+}
+
+fn run_keys(command: KeysCmd, at: &dyn Fn(&Path) -> PathBuf) -> anyhow::Result<()> {
+    match command {
+        KeysCmd::Init { dir, expires } => {
+            let dir = KeyDir::new(at(&dir));
+            let change = keys::init(&dir, Time::now(), expires)?;
+            for (role, keyid) in &change.added {
+                println!("{role:<9} key {keyid}");
+            }
+            println!(
+                "root of trust: {} (version 1, expires {}); ship it as /usr/lib/atoll/update-root.json",
+                change.path.display(),
+                change.root.expires
+            );
+            println!(
+                "private keys:  {} (keep the root key offline)",
+                dir.dir.join("keys").display()
+            );
+        }
+        KeysCmd::Rotate {
+            dir,
+            role,
+            revoke,
+            expires,
+        } => {
+            let dir = KeyDir::new(at(&dir));
+            let change = keys::rotate(&dir, role, revoke.as_deref(), Time::now(), expires)?;
+            for (role, keyid) in &change.added {
+                println!("{role:<9} key {keyid} added");
+            }
+            if let Some(keyid) = &change.revoked {
+                println!("{role:<9} key {keyid} revoked");
+            }
+            println!(
+                "root version {} written to {}; publish it with image-build resign",
+                change.root.version,
+                change.path.display()
+            );
+        }
+        KeysCmd::Show { dir } => print!("{}", keys::show(&KeyDir::new(at(&dir)))?),
+    }
+    Ok(())
+}
+
+fn print_published(repo: &Path, p: &release::Published) {
+    println!(
+        "repo:     {} (root {}, targets {}, snapshot {}, timestamp {})",
+        repo.display(),
+        p.root_version,
+        p.targets_version,
+        p.snapshot_version,
+        p.timestamp_version
+    );
+    println!(
+        "timestamp expires {}: run image-build resign before then",
+        p.timestamp_expires
+    );
 }

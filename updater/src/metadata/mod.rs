@@ -8,7 +8,8 @@
 //! - [`canonical`]: the canonical JSON that signatures cover.
 //! - [`key`]: ed25519 keys, key ids (sha256 of the key's canonical JSON).
 //! - [`client`]: the verification workflow over a [`client::Fetcher`], and
-//!   [`client::TargetCheck`] for downloads.
+//!   [`client::TargetCheck`] for downloads; [`dir::DirFetcher`] reads a
+//!   repository in a directory.
 //! - [`time`], [`version`]: expiry times and release versions.
 //!
 //! `image-build keys` and `image-build release` write these documents;
@@ -16,6 +17,7 @@
 
 pub mod canonical;
 pub mod client;
+pub mod dir;
 pub mod key;
 pub mod role;
 pub mod time;
@@ -25,6 +27,7 @@ pub mod version;
 mod tests;
 
 pub use client::{Config, FetchError, Fetcher, Limits, TargetCheck, Trusted, UpdateError};
+pub use dir::DirFetcher;
 pub use role::{
     DocumentError, Hashes, MetaFile, Release, Role, RoleName, Rollout, Root, Snapshot, TargetFile,
     Targets, Timestamp,
