@@ -8,10 +8,13 @@
 //! - [`manifest`]: OCI and Docker schema 2 manifests, indexes and configs,
 //!   with platform selection.
 //! - [`unpack`]: safe layer unpacking into overlayfs lower dirs.
+//! - [`store`]: the image store on /var, an OCI image layout with unpacked
+//!   layers, crash-safe writes and garbage collection.
 //!
 //! Not built yet: containers, pods and the runc-compatible command line.
 
 pub mod digest;
 pub mod manifest;
 pub mod reference;
+pub mod store;
 pub mod unpack;
