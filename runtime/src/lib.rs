@@ -10,10 +10,12 @@
 //! - [`unpack`]: safe layer unpacking into overlayfs lower dirs.
 //! - [`store`]: the image store on /var, an OCI image layout with unpacked
 //!   layers, crash-safe writes and garbage collection.
+//! - [`import`]: offline import of OCI archives and `docker save` tars.
 //!
 //! Not built yet: containers, pods and the runc-compatible command line.
 
 pub mod digest;
+pub mod import;
 pub mod manifest;
 pub mod reference;
 pub mod store;

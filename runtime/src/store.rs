@@ -291,6 +291,44 @@ impl Store {
         Self::sync_dir(&self.root.join("blobs/sha256"))
     }
 
+    /// Stores a blob whose digest is not known in advance (a file of an
+    /// archive being imported) and returns its digest and size.
+    pub fn put_blob_unverified(
+        &self,
+        reader: impl Read,
+        max: u64,
+    ) -> Result<(Digest, u64), StoreError> {
+        let tmp = self.temp_path("import");
+        let result = (|| {
+            let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+            let mut w = HashingWriter::new(file);
+            io::copy(&mut reader.take(max.saturating_add(1)), &mut w)
+                .map_err(io_err("writing", &tmp))?;
+            let (file, digest, len) = w.finish();
+            if len > max {
+                return Err(StoreError::TooLarge {
+                    digest,
+                    size: len,
+                    max,
+                });
+            }
+            let dest = self.blob_path(&digest);
+            if dest.is_file() {
+                let _ = fs::remove_file(&tmp);
+                return Ok((digest, len));
+            }
+            file.sync_all().map_err(io_err("syncing", &tmp))?;
+            drop(file);
+            fs::rename(&tmp, &dest).map_err(io_err("renaming into place", &dest))?;
+            Self::sync_dir(&self.root.join("blobs/sha256"))?;
+            Ok((digest, len))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Stores a blob from memory and returns its digest.
     pub fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of(bytes);
