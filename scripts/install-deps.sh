@@ -20,6 +20,7 @@ packages=(
     genisoimage       # iso9660 NoCloud (CIDATA) seed volumes in the provisioning tests
     dnsmasq-base      # a real DHCP server for the DHCP client's peer test
     iproute2          # network namespaces and veth for that test
+    skopeo            # reads the runtime's OCI image store in its store test
 )
 
 missing=()
