@@ -189,6 +189,18 @@ pub struct Versions {
     pub targets: u64,
 }
 
+/// The trusted documents, as [`Trusted::saved`] gives them and
+/// [`Trusted::restore`] takes them back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedMetadata {
+    pub root: Vec<u8>,
+    pub timestamp: Option<Vec<u8>>,
+    pub snapshot: Option<Vec<u8>>,
+    pub targets: Option<Vec<u8>>,
+    /// When the timestamp's version last went up (the freeze limit).
+    pub timestamp_advanced: Option<Time>,
+}
+
 /// What the host trusts: a root (at first the one shipped in the image)
 /// and the newest timestamp, snapshot and targets that passed.
 #[derive(Debug, Clone)]
@@ -219,6 +231,66 @@ impl Trusted {
             targets: None,
             timestamp_advanced: None,
         })
+    }
+
+    /// Restores what [`Trusted::saved`] gave, on top of the shipped root
+    /// (checked as in [`Trusted::new`]). The saved root replaces the
+    /// shipped one only if its version is higher (an OS update may ship a
+    /// newer root than the one on /var); each saved document must be well
+    /// formed and carry its role's threshold of signatures by the restored
+    /// root. Expiry is not checked here: [`Trusted::update`] does that.
+    pub fn restore(
+        shipped: &[u8],
+        file: &str,
+        saved: &SavedMetadata,
+    ) -> Result<Trusted, UpdateError> {
+        let mut trusted = Trusted::new(shipped, file)?;
+        let saved_file = |role: RoleName| format!("saved {}", role.file());
+        let root_file = saved_file(RoleName::Root);
+        let root = role::parse::<Root>(&root_file, &saved.root)?;
+        root.signed.check(&root_file)?;
+        root.signed.verify(RoleName::Root, &root)?;
+        if root.signed.version < trusted.root.signed.version {
+            // The shipped root is newer: what was saved under the old one
+            // is checked again by the next update.
+            return Ok(trusted);
+        }
+        trusted.root = Verified {
+            signed: root.signed,
+            bytes: saved.root.clone(),
+        };
+        fn doc<T: Role>(
+            root: &Root,
+            role: RoleName,
+            bytes: &Option<Vec<u8>>,
+        ) -> Result<Option<Verified<T>>, UpdateError> {
+            let Some(bytes) = bytes else {
+                return Ok(None);
+            };
+            let parsed = role::parse::<T>(&format!("saved {}", role.file()), bytes)?;
+            root.verify(role, &parsed)?;
+            Ok(Some(Verified {
+                signed: parsed.signed,
+                bytes: bytes.clone(),
+            }))
+        }
+        let root = &trusted.root.signed;
+        trusted.timestamp = doc(root, RoleName::Timestamp, &saved.timestamp)?;
+        trusted.snapshot = doc(root, RoleName::Snapshot, &saved.snapshot)?;
+        trusted.targets = doc(root, RoleName::Targets, &saved.targets)?;
+        trusted.timestamp_advanced = saved.timestamp_advanced;
+        Ok(trusted)
+    }
+
+    /// The trusted documents as bytes, to keep across reboots.
+    pub fn saved(&self) -> SavedMetadata {
+        SavedMetadata {
+            root: self.root.bytes.clone(),
+            timestamp: self.timestamp.as_ref().map(|d| d.bytes.clone()),
+            snapshot: self.snapshot.as_ref().map(|d| d.bytes.clone()),
+            targets: self.targets.as_ref().map(|d| d.bytes.clone()),
+            timestamp_advanced: self.timestamp_advanced,
+        }
     }
 
     pub fn root(&self) -> &Verified<Root> {

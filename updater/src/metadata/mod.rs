@@ -26,7 +26,9 @@ pub mod version;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Config, FetchError, Fetcher, Limits, TargetCheck, Trusted, UpdateError};
+pub use client::{
+    Config, FetchError, Fetcher, Limits, SavedMetadata, TargetCheck, Trusted, UpdateError,
+};
 pub use dir::DirFetcher;
 pub use role::{
     DocumentError, Hashes, MetaFile, Release, Role, RoleName, Rollout, Root, Snapshot, TargetFile,

@@ -656,3 +656,47 @@ proptest! {
         let _ = role::parse::<Targets>("f", s.as_bytes());
     }
 }
+
+#[test]
+fn restored_state_keeps_rollback_and_freeze_protection() {
+    let mut repo = Repo::new();
+    repo.timestamp_expires = t0().plus(30 * DAY);
+    repo.add_release("0.1.0", b"slot");
+    repo.publish();
+    let old = repo.files.clone();
+    repo.publish();
+    let mut trusted = client(&repo);
+    update(&mut trusted, &repo, t0()).unwrap();
+    // As after a reboot: restored from what was saved.
+    let saved = trusted.saved();
+    let mut restored = Trusted::restore(&repo.shipped_root(), "update-root.json", &saved).unwrap();
+    assert_eq!(restored.saved(), saved);
+    assert_eq!(restored.timestamp_advanced(), Some(t0()));
+    let mut rolled_back = Repo::new();
+    rolled_back.files = old;
+    let e = update(&mut restored, &rolled_back, t0()).unwrap_err();
+    assert!(e.to_string().contains("(rollback)"), "{e}");
+    let e = update(&mut restored, &repo, t0().plus(4 * DAY)).unwrap_err();
+    assert!(matches!(e, UpdateError::Frozen { .. }), "{e}");
+}
+
+#[test]
+fn restore_refuses_tampered_saved_documents() {
+    let repo = published();
+    let mut trusted = client(&repo);
+    update(&mut trusted, &repo, t0()).unwrap();
+    let mut saved = trusted.saved();
+    let mut v: serde_json::Value = serde_json::from_slice(saved.targets.as_ref().unwrap()).unwrap();
+    v["signed"]["version"] = 7.into();
+    saved.targets = Some(serde_json::to_vec(&v).unwrap());
+    let e = Trusted::restore(&repo.shipped_root(), "update-root.json", &saved).unwrap_err();
+    assert!(e.to_string().contains("saved targets.json"), "{e}");
+    // A saved root older than the shipped one: the shipped one wins.
+    let mut newer = repo.root.clone();
+    newer.version = 2;
+    let signers = repo.signers(RoleName::Root);
+    let shipped = role::sign(&newer, &signers).unwrap();
+    let restored = Trusted::restore(&shipped, "update-root.json", &trusted.saved()).unwrap();
+    assert_eq!(restored.root().signed.version, 2);
+    assert!(restored.targets().is_none());
+}
