@@ -1,0 +1,403 @@
+//! The agent's persisted state on /var (`/var/lib/atoll/update/state.json`):
+//! the trusted metadata (so rollback and freeze protection survive reboots),
+//! when the repository was last checked, the release waiting for its first
+//! good boot, the releases that rolled back, and a short history. Written
+//! atomically: a temporary file, fsync, rename, fsync of the directory.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use atoll_common::bootstate::BootState;
+use atoll_common::layout::{self, Slot};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::metadata::{SavedMetadata, Time, Version};
+use crate::policy::BadReleases;
+
+/// The agent's directory on DATA.
+pub fn state_dir() -> PathBuf {
+    Path::new(layout::VAR_STATE_DIR).join("update")
+}
+
+/// The state file in `dir`.
+pub const STATE_FILE: &str = "state.json";
+/// The install progress file in `dir` ([`crate::install::Progress`]).
+pub const PROGRESS_FILE: &str = "progress.json";
+/// History entries kept.
+pub const HISTORY: usize = 50;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not an update agent state")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode {path}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Trusted metadata documents as they were fetched (JSON text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMetadata {
+    pub root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_advanced: Option<Time>,
+}
+
+impl StoredMetadata {
+    /// From what [`crate::metadata::Trusted::saved`] gives; `None` if a
+    /// document is not UTF-8 (it parsed as JSON, so it always is).
+    pub fn from_saved(saved: &SavedMetadata) -> Option<StoredMetadata> {
+        let text = |b: &Vec<u8>| String::from_utf8(b.clone()).ok();
+        let opt = |b: &Option<Vec<u8>>| match b {
+            None => Some(None),
+            Some(b) => text(b).map(Some),
+        };
+        Some(StoredMetadata {
+            root: text(&saved.root)?,
+            timestamp: opt(&saved.timestamp)?,
+            snapshot: opt(&saved.snapshot)?,
+            targets: opt(&saved.targets)?,
+            timestamp_advanced: saved.timestamp_advanced,
+        })
+    }
+
+    pub fn to_saved(&self) -> SavedMetadata {
+        let opt = |s: &Option<String>| s.as_ref().map(|s| s.clone().into_bytes());
+        SavedMetadata {
+            root: self.root.clone().into_bytes(),
+            timestamp: opt(&self.timestamp),
+            snapshot: opt(&self.snapshot),
+            targets: opt(&self.targets),
+            timestamp_advanced: self.timestamp_advanced,
+        }
+    }
+}
+
+/// A release installed and offered to the boot loader, not yet booted good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub version: Version,
+    pub slot: Slot,
+    pub installed_at: Time,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) when it
+    /// was installed: the same id means no reboot yet.
+    pub boot_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: Time,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<StoredMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<Time>,
+    /// The last check's failure, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    #[serde(default)]
+    pub bad: BadReleases,
+    #[serde(default)]
+    pub history: VecDeque<Event>,
+}
+
+/// What the boot after an install came to ([`AgentState::after_boot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootOutcome {
+    /// Nothing was pending.
+    Nothing,
+    /// Installed, but the host has not rebooted yet.
+    NotRebooted,
+    /// Running the new release on trial: not yet marked good.
+    Trial(Version),
+    /// The new release booted good.
+    Updated(Version),
+    /// The host came back on the other slot: the release is now bad.
+    RolledBack(Version),
+}
+
+impl AgentState {
+    /// Reads the state; a missing file is a fresh state. A damaged file is
+    /// an error (the caller moves it aside with [`AgentState::set_aside`]
+    /// and starts fresh, and says so: the bad list is lost with it).
+    pub fn load(path: &Path) -> Result<AgentState, StateError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(AgentState::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Renames a damaged state file to `NAME.damaged`.
+    pub fn set_aside(path: &Path) -> Result<PathBuf, StateError> {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".damaged");
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(|source| StateError::Write {
+            path: aside.clone(),
+            source,
+        })?;
+        Ok(aside)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|source| StateError::Encode {
+            path: path.to_owned(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes)
+    }
+
+    /// Adds a history line, dropping the oldest past [`HISTORY`].
+    pub fn record(&mut self, at: Time, what: impl Into<String>) {
+        self.history.push_back(Event {
+            at,
+            what: what.into(),
+        });
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+
+    /// Settles a pending install once the host runs again: `booted` is the
+    /// slot it runs from, `boot` the boot state in grubenv, `boot_id` this
+    /// boot's id. A host back on the other slot means the release rolled
+    /// back: it goes on the bad list and is never installed again by the
+    /// agent on its own.
+    pub fn after_boot(
+        &mut self,
+        booted: Slot,
+        boot: &BootState,
+        boot_id: &str,
+        now: Time,
+    ) -> BootOutcome {
+        let Some(pending) = self.pending.clone() else {
+            return BootOutcome::Nothing;
+        };
+        if pending.boot_id == boot_id {
+            return BootOutcome::NotRebooted;
+        }
+        let version = pending.version;
+        if booted == pending.slot {
+            if !boot.slot(booted).good {
+                return BootOutcome::Trial(version);
+            }
+            self.pending = None;
+            self.record(now, format!("{version} booted good in slot {booted}"));
+            return BootOutcome::Updated(version);
+        }
+        self.pending = None;
+        let reason = format!(
+            "installed in slot {} at {}, but the host came back on slot {booted}",
+            pending.slot, pending.installed_at
+        );
+        self.bad.add(version, now, reason.clone());
+        self.record(now, format!("{version} rolled back: {reason}"));
+        BootOutcome::RolledBack(version)
+    }
+}
+
+/// Writes `path` through `path.tmp`: write, fsync, rename, fsync the
+/// directory. Creates the directory if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+}
+
+/// Removes `path` if it exists and fsyncs its directory.
+pub fn remove_durably(path: &Path) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Time {
+        Time::parse(s).unwrap()
+    }
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn saves_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("update").join(STATE_FILE);
+        assert_eq!(AgentState::load(&path).unwrap(), AgentState::default());
+        let mut state = AgentState {
+            metadata: Some(StoredMetadata {
+                root: "{}".into(),
+                timestamp: Some("{\"a\": 1}".into()),
+                snapshot: None,
+                targets: None,
+                timestamp_advanced: Some(t("2026-01-01T00:00:00Z")),
+            }),
+            last_check: Some(t("2026-01-02T00:00:00Z")),
+            ..AgentState::default()
+        };
+        state
+            .bad
+            .add(v("0.2.0"), t("2026-01-03T00:00:00Z"), "rolled back");
+        state.record(t("2026-01-03T00:00:00Z"), "something");
+        state.save(&path).unwrap();
+        assert_eq!(AgentState::load(&path).unwrap(), state);
+        assert!(!path.with_extension("json.tmp").exists());
+        let saved = state.metadata.as_ref().unwrap().to_saved();
+        assert_eq!(
+            StoredMetadata::from_saved(&saved).as_ref(),
+            state.metadata.as_ref()
+        );
+    }
+
+    #[test]
+    fn damaged_state_is_an_error_and_can_be_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            AgentState::load(&path),
+            Err(StateError::Parse { .. })
+        ));
+        let aside = AgentState::set_aside(&path).unwrap();
+        assert!(aside.exists());
+        assert_eq!(AgentState::load(&path).unwrap(), AgentState::default());
+    }
+
+    #[test]
+    fn history_is_capped() {
+        let mut state = AgentState::default();
+        for i in 0..(HISTORY + 5) {
+            state.record(Time::from_unix(i as u64).unwrap(), format!("{i}"));
+        }
+        assert_eq!(state.history.len(), HISTORY);
+        assert_eq!(state.history[0].what, "5");
+    }
+
+    fn pending_b() -> AgentState {
+        AgentState {
+            pending: Some(Pending {
+                version: v("0.2.0"),
+                slot: Slot::B,
+                installed_at: t("2026-01-01T00:00:00Z"),
+                boot_id: "boot-1".into(),
+            }),
+            ..AgentState::default()
+        }
+    }
+
+    #[test]
+    fn a_rollback_marks_the_release_bad() {
+        let now = t("2026-01-01T01:00:00Z");
+        let boot = BootState::fresh("ab");
+        let mut state = pending_b();
+        assert_eq!(
+            state.after_boot(Slot::A, &boot, "boot-1", now),
+            BootOutcome::NotRebooted
+        );
+        assert_eq!(
+            state.after_boot(Slot::A, &boot, "boot-2", now),
+            BootOutcome::RolledBack(v("0.2.0"))
+        );
+        assert!(state.bad.contains(v("0.2.0")));
+        assert!(state.pending.is_none());
+        assert_eq!(
+            state.after_boot(Slot::A, &boot, "boot-3", now),
+            BootOutcome::Nothing
+        );
+    }
+
+    #[test]
+    fn a_good_boot_clears_pending() {
+        let now = t("2026-01-01T01:00:00Z");
+        let mut boot = BootState::fresh("ab");
+        boot.b.good = false;
+        boot.b.tries = 2;
+        let mut state = pending_b();
+        assert_eq!(
+            state.after_boot(Slot::B, &boot, "boot-2", now),
+            BootOutcome::Trial(v("0.2.0"))
+        );
+        boot.mark_good(Slot::B);
+        assert_eq!(
+            state.after_boot(Slot::B, &boot, "boot-2", now),
+            BootOutcome::Updated(v("0.2.0"))
+        );
+        assert!(state.pending.is_none());
+        assert!(!state.bad.contains(v("0.2.0")));
+    }
+}
