@@ -11,6 +11,8 @@
 //! - [`store`]: the image store on /var, an OCI image layout with unpacked
 //!   layers, crash-safe writes and garbage collection.
 //! - [`import`]: offline import of OCI archives and `docker save` tars.
+//! - [`registry`]: a client for the OCI distribution protocol (mirrors,
+//!   bearer and basic auth, manifests, ranged blob downloads).
 //!
 //! Not built yet: containers, pods and the runc-compatible command line.
 
@@ -18,5 +20,6 @@ pub mod digest;
 pub mod import;
 pub mod manifest;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod unpack;
