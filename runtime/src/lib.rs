@@ -13,12 +13,16 @@
 //! - [`import`]: offline import of OCI archives and `docker save` tars.
 //! - [`registry`]: a client for the OCI distribution protocol (mirrors,
 //!   bearer and basic auth, manifests, ranged blob downloads).
+//! - [`pull`]: pulling an image from a registry (or an OCI archive from an
+//!   HTTPS URL) into the store, every blob verified, layers downloaded in
+//!   parallel and resumed.
 //!
 //! Not built yet: containers, pods and the runc-compatible command line.
 
 pub mod digest;
 pub mod import;
 pub mod manifest;
+pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;
