@@ -21,6 +21,7 @@ packages=(
     dnsmasq-base      # a real DHCP server for the DHCP client's peer test
     iproute2          # network namespaces and veth for that test
     skopeo            # reads the runtime's OCI image store in its store test
+    docker-registry   # a real OCI registry for the runtime's pull tests
 )
 
 missing=()

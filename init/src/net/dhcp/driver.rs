@@ -447,8 +447,9 @@ async fn sleep_until(t: Option<Instant>) {
 
 /// Waits (briefly) until the link reports carrier, so the first DISCOVER
 /// is not dropped by a link that is still coming up.
-async fn wait_for_carrier(index: u32) {
-    let until = Instant::now() + CARRIER_WAIT;
+async fn wait_for_carrier(index: u32, name: &str) {
+    let start = Instant::now();
+    let until = start + CARRIER_WAIT;
     while Instant::now() < until {
         let up = netlink::blocking(move |nl| {
             Ok(nl
@@ -458,10 +459,18 @@ async fn wait_for_carrier(index: u32) {
         })
         .await;
         if up.unwrap_or(true) {
+            let ms = start.elapsed().as_millis();
+            if ms >= 100 {
+                log::info!("{name}: carrier after {ms} ms");
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    log::warn!(
+        "{name}: no carrier after {} s; asking anyway",
+        CARRIER_WAIT.as_secs()
+    );
 }
 
 /// Runs the client on one link until told to release (or the manager goes away).
@@ -490,7 +499,7 @@ pub async fn run(
         applied: Applied::default(),
         error: None,
     };
-    wait_for_carrier(d.cfg.index).await;
+    wait_for_carrier(d.cfg.index, &d.cfg.name).await;
     // The socket first, so no reply can come before it listens.
     d.client.start(Instant::now());
     d.flush().await;
