@@ -12,7 +12,10 @@
 //!   never overwritten and never deleted here, so hosts in the middle of a
 //!   download can finish.
 //!
-//! The payload is the slot image compressed with zstd, level 3. Today's
+//! The payload is the slot image compressed with zstd, level 3, as a
+//! sequence of independent frames of [`FRAME_SLOT_BYTES`] (4 MiB) of slot
+//! each, so that a host's install resumes an interrupted download at a
+//! frame boundary (the overhead is measured there). Today's
 //! slot is an xz squashfs, so compression gains almost nothing: of the
 //! 22,458,368-byte slot, zstd -3 leaves 22,361,968 bytes (0.4% less, in
 //! 0.24 s), zstd -19 22,287,742 (0.8%, in 11 s), xz -6 22,285,512 (17 s),
@@ -30,7 +33,7 @@
 //! ([`atoll_updater::metadata::Trusted`]), starting from root version 1.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,7 @@ use atoll_updater::metadata::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use zstd::stream::raw::CParameter;
 
 use crate::image::size;
 use crate::keys::{self, KeyDir, KeysError};
@@ -429,13 +433,31 @@ struct Payload {
     sha256: String,
     slot_length: u64,
     slot_sha256: String,
+    frames: u64,
 }
 
 /// zstd level for release payloads.
 const ZSTD_LEVEL: i32 = 3;
 
-/// Compresses `slot` to `out` (through `out.tmp`), hashing both sides,
-/// with a progress line every quarter.
+/// Slot bytes per zstd frame of a release payload: 4 MiB.
+///
+/// Each frame decodes on its own, so an interrupted install resumes at the
+/// last frame boundary it checkpointed instead of byte 0
+/// (`atoll_updater::install`). Frames cost a little compression: each
+/// starts with an empty window and carries a header and a checksum.
+/// Measured with this code (zstd 1.5.7, level 3): today's 22,450,176-byte
+/// slot (an xz squashfs) gives 22,357,901 bytes in 6 frames against
+/// 22,356,430 as one frame, 1,471 bytes (0.007%) more. An uncompressed
+/// tar of the same root tree (38,666,240 bytes, what an uncompressed root
+/// would hold) gives 22,924,236 against 22,876,355 as one frame: 0.21%
+/// more (1 MiB frames: 0.89%, 2 MiB: 0.31%, 8 MiB: 0.09%).
+pub const FRAME_SLOT_BYTES: usize = 4 << 20;
+
+/// Compresses `slot` to `out` (through `out.tmp`) as a sequence of
+/// independent zstd frames of [`FRAME_SLOT_BYTES`] slot bytes each (the
+/// last one shorter), each with its content size and checksum, hashing
+/// both sides, with a progress line every quarter. The same slot always
+/// gives the same bytes (one thread, fixed level and parameters).
 fn compress(slot: &Path, out: &Path) -> Result<Payload, ReleaseError> {
     let read_err = |source| ReleaseError::Read {
         path: slot.to_owned(),
@@ -456,31 +478,41 @@ fn compress(slot: &Path, out: &Path) -> Result<Payload, ReleaseError> {
     let file = File::create(&tmp).map_err(write_err)?;
     let started = Instant::now();
     println!(
-        "release: compressing {} ({}) with zstd -{ZSTD_LEVEL}",
+        "release: compressing {} ({}) with zstd -{ZSTD_LEVEL}, one frame per {} of slot",
         slot.display(),
-        size(total)
+        size(total),
+        size(FRAME_SLOT_BYTES as u64)
     );
-    let mut encoder = zstd::stream::Encoder::new(
-        HashingWriter {
-            inner: file,
-            hasher: Sha256::new(),
-            written: 0,
-        },
-        ZSTD_LEVEL,
-    )
-    .map_err(write_err)?;
-    encoder.include_checksum(true).map_err(write_err)?;
-    let mut reader = BufReader::new(input);
+    let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(write_err)?;
+    compressor
+        .set_parameter(CParameter::ChecksumFlag(true))
+        .map_err(write_err)?;
+    compressor
+        .set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(write_err)?;
+    let mut writer = HashingWriter {
+        inner: file,
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let mut reader = input;
     let mut slot_hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut done, mut quarter) = (0u64, 1u64);
+    let mut frame = vec![0u8; FRAME_SLOT_BYTES];
+    let mut packed = Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME_SLOT_BYTES));
+    let (mut done, mut frames, mut quarter) = (0u64, 0u64, 1u64);
     loop {
-        let n = reader.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
+        let n = fill(&mut reader, &mut frame).map_err(read_err)?;
+        // An empty slot still makes one (empty) frame.
+        if n == 0 && frames > 0 {
             break;
         }
-        slot_hasher.update(&buf[..n]);
-        encoder.write_all(&buf[..n]).map_err(write_err)?;
+        slot_hasher.update(&frame[..n]);
+        packed.clear();
+        compressor
+            .compress_to_buffer(&frame[..n], &mut packed)
+            .map_err(write_err)?;
+        writer.write_all(&packed).map_err(write_err)?;
+        frames += 1;
         done += n as u64;
         while quarter < 4 && total > 0 && done * 4 >= total * quarter {
             println!(
@@ -490,8 +522,10 @@ fn compress(slot: &Path, out: &Path) -> Result<Payload, ReleaseError> {
             );
             quarter += 1;
         }
+        if n < frame.len() {
+            break;
+        }
     }
-    let writer = encoder.finish().map_err(write_err)?;
     writer.inner.sync_all().map_err(write_err)?;
     fs::rename(&tmp, out).map_err(write_err)?;
     let payload = Payload {
@@ -499,15 +533,31 @@ fn compress(slot: &Path, out: &Path) -> Result<Payload, ReleaseError> {
         sha256: hex::encode(writer.hasher.finalize()),
         slot_length: done,
         slot_sha256: hex::encode(slot_hasher.finalize()),
+        frames,
     };
     println!(
-        "release: wrote {} ({}, {:.1}% of the slot) in {:.1} s",
+        "release: wrote {} ({}, {:.1}% of the slot, {} zstd frame(s)) in {:.1} s",
         out.display(),
         size(payload.length),
         payload.length as f64 * 100.0 / (done.max(1)) as f64,
+        payload.frames,
         started.elapsed().as_secs_f64()
     );
     Ok(payload)
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Decompresses the written target and checks it against the release.
@@ -664,6 +714,66 @@ mod tests {
         );
         resign(&opts.keys, &opts.repo, Expiry::default(), later).unwrap();
         host_update(&opts, later).unwrap();
+    }
+
+    /// Walks the payload's zstd frames: the slot bytes each one holds.
+    fn frame_sizes(payload: &[u8]) -> Vec<u64> {
+        let mut rest = payload;
+        let mut sizes = Vec::new();
+        while !rest.is_empty() {
+            let len = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            let content = zstd::zstd_safe::get_frame_content_size(rest).unwrap();
+            sizes.push(content.unwrap());
+            rest = &rest[len..];
+        }
+        sizes
+    }
+
+    #[test]
+    fn payloads_are_frames_of_fixed_slot_size_and_reproducible() {
+        let tmp = tempfile::tempdir().unwrap();
+        let frame = FRAME_SLOT_BYTES as u64;
+        // Two and a half frames; half compressible, half not.
+        let len = 2 * FRAME_SLOT_BYTES + FRAME_SLOT_BYTES / 2;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let slot: Vec<u8> = (0..len)
+            .map(|i| {
+                if (i / 65_536) % 2 == 0 {
+                    (i % 251) as u8
+                } else {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                }
+            })
+            .collect();
+        let path = tmp.path().join("slot.img");
+        fs::write(&path, &slot).unwrap();
+        let a = compress(&path, &tmp.path().join("a.zst")).unwrap();
+        let b = compress(&path, &tmp.path().join("b.zst")).unwrap();
+        let bytes = fs::read(tmp.path().join("a.zst")).unwrap();
+        assert_eq!(bytes, fs::read(tmp.path().join("b.zst")).unwrap());
+        assert_eq!((a.sha256, a.length), (b.sha256, b.length));
+        assert_eq!(a.frames, 3);
+        assert_eq!(frame_sizes(&bytes), [frame, frame, frame / 2]);
+        assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), slot);
+
+        // An exact multiple of the frame size has no empty frame at the
+        // end; an empty slot is one empty frame.
+        fs::write(&path, &slot[..FRAME_SLOT_BYTES]).unwrap();
+        compress(&path, &tmp.path().join("c.zst")).unwrap();
+        assert_eq!(
+            frame_sizes(&fs::read(tmp.path().join("c.zst")).unwrap()),
+            [frame]
+        );
+        fs::write(&path, b"").unwrap();
+        let empty = compress(&path, &tmp.path().join("d.zst")).unwrap();
+        assert_eq!(empty.frames, 1);
+        assert_eq!(
+            frame_sizes(&fs::read(tmp.path().join("d.zst")).unwrap()),
+            [0]
+        );
     }
 
     #[test]
