@@ -12,6 +12,7 @@ use crate::disk::{self, Disk, DiskError, DiskIds};
 use crate::esp::{self, EspError};
 use crate::initramfs::{self, InitramfsError};
 use crate::kernel::{self, Fetched, KernelError, KernelPin};
+use crate::keys::{self, KeysError};
 use crate::libs::{LibsError, SharedLibs};
 use crate::modules::{self, KernelModules, ModulesError};
 use crate::slot::{self, SlotError};
@@ -33,6 +34,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    UpdateRoot(#[from] KeysError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
@@ -80,6 +83,9 @@ pub struct DiskOptions {
     pub atollctl: PathBuf,
     /// mke2fs from the build host, shipped in the slot.
     pub mke2fs: PathBuf,
+    /// The update root of trust (a keys directory's root.json), shipped
+    /// in the slot as `/usr/lib/atoll/update-root.json`.
+    pub update_root: PathBuf,
     pub qcow2: bool,
 }
 
@@ -196,6 +202,21 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
     require("init binary", &opts.init, BINARY_HINT)?;
     require("atollctl binary", &opts.atollctl, BINARY_HINT)?;
     require("mke2fs", &opts.mke2fs, " (Debian package e2fsprogs)")?;
+    require(
+        "update root of trust",
+        &opts.update_root,
+        " (make keys with `image-build keys init --dir DIR` and pass DIR/root.json, \
+         or leave out --update-root for development keys)",
+    )?;
+    let (update_root, update_root_bytes) = keys::read_shipped_root(&opts.update_root)?;
+    if update_root.expires <= atoll_updater::metadata::Time::now() {
+        eprintln!(
+            "image-build: warning: the update root of trust {} expired at {}; \
+             hosts will not update until the repository offers a newer root",
+            opts.update_root.display(),
+            update_root.expires
+        );
+    }
     let out = &opts.out;
     let work = out.join("work");
     std::fs::create_dir_all(&work).map_err(io(&work))?;
@@ -261,13 +282,18 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
                 vmlinuz: &kernel.vmlinuz,
                 initrd: &initrd,
                 kernel_release: &kernel.release,
+                update_root: &update_root_bytes,
             },
         )?;
         let libs = SharedLibs::of(&[&opts.init, &opts.atollctl, &opts.mke2fs])?;
         libs.install(&rootfs)?;
         let n = kmods.install(modules::SLOT_MODULES, rootfs.root())?;
         let id = slot::finish_rootfs(&rootfs, &kernel.release)?;
-        let summary = format!("{n} modules, {} libraries, build id {id}", libs.len());
+        let summary = format!(
+            "{n} modules, {} libraries, update root version {}, build id {id}",
+            libs.len(),
+            update_root.version
+        );
         Ok((id, summary))
     })?;
     // The unpacked kernel is no longer needed (90 MB of modules).
@@ -436,6 +462,7 @@ mod tests {
             init: PathBuf::from("/nonexistent/init"),
             atollctl: PathBuf::from("/nonexistent/atollctl"),
             mke2fs: PathBuf::from("/usr/sbin/mke2fs"),
+            update_root: PathBuf::from("/nonexistent/root.json"),
             qcow2: false,
         };
         let err = build_disk(&opts).unwrap_err();
@@ -444,5 +471,61 @@ mod tests {
                 .contains("cargo build --release -p atoll-init"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_update_root_that_is_not_a_root_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = tmp.path().join("binary");
+        std::fs::write(&binary, b"\x7fELF").unwrap();
+        let mut opts = DiskOptions {
+            out: tmp.path().join("out"),
+            cache: tmp.path().join("cache"),
+            init: binary.clone(),
+            atollctl: binary.clone(),
+            mke2fs: binary,
+            update_root: tmp.path().join("missing.json"),
+            qcow2: false,
+        };
+        let err = build_disk(&opts).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "update root of trust {} is missing (make keys with `image-build keys init",
+                opts.update_root.display()
+            )),
+            "{err}"
+        );
+        // A targets.json is not a root: refused before anything is built.
+        let keys = crate::keys::KeyDir::new(tmp.path().join("keys"));
+        crate::keys::init(
+            &keys,
+            atoll_updater::metadata::Time::now(),
+            keys::ROOT_EXPIRY,
+        )
+        .unwrap();
+        opts.update_root = keys.dir.join("keys");
+        assert!(build_disk(&opts).is_err());
+        opts.update_root = tmp.path().join("1.targets.json");
+        std::fs::write(
+            &opts.update_root,
+            br#"{"signed": {"_type": "targets", "spec_version": "1.0.31", "version": 1,
+                "expires": "2030-01-01T00:00:00Z", "targets": {}}, "signatures": []}"#,
+        )
+        .unwrap();
+        let err = build_disk(&opts).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: not a valid root of trust", opts.update_root.display())
+        );
+        let chain = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            chain
+                .as_deref()
+                .is_some_and(|c| c.starts_with("1.targets.json: ")),
+            "{chain:?}"
+        );
+        assert!(!opts.out.exists());
+        // A real root passes this check.
+        assert!(keys::read_shipped_root(&keys.root_path()).is_ok());
     }
 }

@@ -17,6 +17,14 @@
 //! version N+1 signed by the keys of both root N and root N+1, as TUF
 //! requires. Keep the root keys offline: only targets, snapshot and
 //! timestamp keys are needed to cut releases.
+//!
+//! `image-build disk` ships a root of trust in the slot: the file given
+//! with `--update-root`, checked by [`read_shipped_root`] as a host checks
+//! the root it ships. Without the option it takes `root.json` from
+//! [`DEV_KEYS_DIR`], which [`ensure_dev_keys`] makes the first time:
+//! development keys, so that a fresh clone builds an image with no manual
+//! step. They are not for production: their private keys sit unprotected
+//! in the build tree.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -84,10 +92,38 @@ pub enum KeysError {
     NotAccepted { found: u64, expected: u64 },
     #[error("the new root does not verify (a bug)")]
     SelfCheck(#[source] Box<UpdateError>),
+    #[error("{dir} exists but holds no root.json; remove it to get new development keys, or pass --update-root")]
+    NoDevRoot { dir: PathBuf },
 }
 
 /// How long a root is valid unless told otherwise.
 pub const ROOT_EXPIRY: Duration = Duration::from_secs(365 * 86_400);
+
+/// Where `image-build disk` takes the root of trust from unless told
+/// (relative to the workspace root), making development keys there if
+/// there are none ([`ensure_dev_keys`]).
+pub const DEV_KEYS_DIR: &str = "target/atoll/keys";
+
+/// The file [`ensure_dev_keys`] leaves beside the keys it makes.
+pub const DEV_KEYS_MARKER: &str = "DEVELOPMENT-KEYS.txt";
+
+const DEV_KEYS_NOTE: &str = "\
+These update signing keys were made by `image-build disk` because no
+--update-root was given and none existed here. They are DEVELOPMENT keys,
+NOT FOR PRODUCTION: the private keys sit unprotected in the build tree, and
+anyone who can read them can sign updates that images built with them
+trust. `cargo clean` deletes them, and images built before no longer
+accept releases signed by the next ones.
+
+For real images, make keys once on an offline machine, keep the root key
+offline, and build with them:
+
+  image-build keys init --dir /secure/atoll-keys
+  image-build disk --update-root /secure/atoll-keys/root.json
+  image-build release --keys /secure/atoll-keys
+
+See docs/updates.md, \"Keys\".
+";
 
 /// A keys directory.
 #[derive(Debug, Clone)]
@@ -383,6 +419,72 @@ impl atoll_updater::metadata::Fetcher for OneRoot {
     }
 }
 
+/// Reads the root of trust to ship in an image from `path`, checked as a
+/// host checks the root it ships ([`Trusted::new`]: parsed by the
+/// metadata module, [`Root::check`]ed, signed by its own root
+/// threshold). Not checked: its expiry (a host walks to newer roots
+/// first, and only then checks it).
+pub fn read_shipped_root(path: &Path) -> Result<(Root, Vec<u8>), KeysError> {
+    let bytes = read(path)?;
+    let file = path
+        .file_name()
+        .map_or_else(|| "root.json".into(), |n| n.to_string_lossy().into_owned());
+    let trusted = Trusted::new(&bytes, &file).map_err(|source| KeysError::Root {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok((trusted.root().signed.clone(), bytes))
+}
+
+/// Makes development keys in `dir` ([`init`], with [`DEV_KEYS_MARKER`]
+/// saying what they are) unless it already holds a `root.json`; returns
+/// what was made, `None` if the keys were there. The keys are made in a
+/// temporary directory beside `dir` and renamed into place, so two builds
+/// starting at once agree on one set, and a build stopped half-way leaves
+/// no half-made keys.
+pub fn ensure_dev_keys(dir: &Path, now: Time) -> Result<Option<RootChange>, KeysError> {
+    let keys = KeyDir::new(dir);
+    if keys.root_path().exists() {
+        return Ok(None);
+    }
+    let write = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KeysError::Write { path, source }
+    };
+    let occupied = |d: &Path| fs::read_dir(d).is_ok_and(|mut e| e.next().is_some());
+    if occupied(dir) {
+        return Err(KeysError::NoDevRoot {
+            dir: dir.to_owned(),
+        });
+    }
+    let mut tmp = dir.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(write(&tmp))?;
+    }
+    let made = init(&KeyDir::new(&tmp), now, ROOT_EXPIRY)?;
+    write_atomic(&tmp.join(DEV_KEYS_MARKER), DEV_KEYS_NOTE.as_bytes())?;
+    // rename(2) replaces an empty directory, never a full one.
+    if let Err(e) = fs::rename(&tmp, dir) {
+        let _ = fs::remove_dir_all(&tmp);
+        if keys.root_path().exists() {
+            // Another build made them first: use those.
+            return Ok(None);
+        }
+        return Err(write(dir)(e));
+    }
+    Ok(Some(RootChange {
+        path: keys.root_path(),
+        ..made
+    }))
+}
+
+/// Whether `dir` holds development keys made by [`ensure_dev_keys`].
+pub fn is_dev_keys(dir: &Path) -> bool {
+    dir.join(DEV_KEYS_MARKER).exists()
+}
+
 /// A description of the keys directory: root version and expiry, and each
 /// role's threshold and keys (with whether the private key is here).
 pub fn show(dir: &KeyDir) -> Result<String, KeysError> {
@@ -492,6 +594,58 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("timestamp: threshold 1 of 1"), "{shown}");
+    }
+
+    #[test]
+    fn dev_keys_are_made_once_and_checked_roots_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("target/atoll/keys");
+        let made = ensure_dev_keys(&dir, now()).unwrap().unwrap();
+        assert_eq!(made.path, dir.join("root.json"));
+        assert!(is_dev_keys(&dir));
+        let (root, bytes) = read_shipped_root(&made.path).unwrap();
+        assert_eq!(root.version, 1);
+        // Made once, then reused as they are.
+        assert!(ensure_dev_keys(&dir, now()).unwrap().is_none());
+        assert_eq!(fs::read(&made.path).unwrap(), bytes);
+        assert_eq!(
+            fs::read_dir(tmp.path().join("target/atoll"))
+                .unwrap()
+                .count(),
+            1
+        );
+        // Releases can be cut with them.
+        let keys = KeyDir::new(&dir);
+        for role in RoleName::ALL {
+            assert_eq!(keys.signing_keys(&root, role).unwrap().len(), 1);
+        }
+        // An empty directory is filled; one with other files is refused.
+        let empty = tmp.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        assert!(ensure_dev_keys(&empty, now()).unwrap().is_some());
+        let other = tmp.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("notes"), b"x").unwrap();
+        let e = ensure_dev_keys(&other, now()).unwrap_err();
+        assert!(e.to_string().contains("holds no root.json"), "{e}");
+
+        // A file that is not a valid root is refused, naming it.
+        let bad = tmp.path().join("bad-root.json");
+        fs::write(&bad, b"{\"signed\": {}}").unwrap();
+        let e = read_shipped_root(&bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: not a valid root of trust", bad.display())
+        );
+        // A root whose signature does not hold is refused too.
+        let text = String::from_utf8(bytes).unwrap();
+        let tampered = text.replacen("\"version\": 1", "\"version\": 7", 1);
+        assert_ne!(tampered, text);
+        fs::write(&bad, tampered).unwrap();
+        let e = read_shipped_root(&bad).unwrap_err();
+        assert!(matches!(e, KeysError::Root { .. }), "{e}");
+        let e = read_shipped_root(&tmp.path().join("missing.json")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read "), "{e}");
     }
 
     #[test]

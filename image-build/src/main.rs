@@ -44,6 +44,11 @@ enum Cmd {
         /// mke2fs to ship in the slot (with its libraries).
         #[arg(long, default_value = "/usr/sbin/mke2fs")]
         mke2fs: PathBuf,
+        /// The update root of trust to ship in the slot (a keys directory's
+        /// root.json) [default: target/atoll/keys/root.json, made there as
+        /// DEVELOPMENT keys if missing].
+        #[arg(long, value_name = "FILE")]
+        update_root: Option<PathBuf>,
         /// Also write OUT/atoll.qcow2.
         #[arg(long)]
         qcow2: bool,
@@ -173,15 +178,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init,
             atollctl,
             mke2fs,
+            update_root,
             qcow2,
         } => {
             let out = at(&out);
+            let update_root = match update_root {
+                Some(file) => at(&file),
+                None => dev_update_root(&at(Path::new(keys::DEV_KEYS_DIR)))?,
+            };
             let opts = image::DiskOptions {
                 cache: cache.map_or_else(|| out.join("cache"), |c| at(&c)),
                 out: out.clone(),
                 init: at(&init),
                 atollctl: at(&atollctl),
                 mke2fs,
+                update_root,
                 qcow2,
             };
             let info = image::build_disk(&opts)?;
@@ -193,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("qcow2:      {}", out.join(q).display());
             }
             println!("build info: {}", out.join("build.json").display());
+            println!("update root: {}", opts.update_root.display());
             println!();
             println!(
                 "Boot it: ./run.sh (BIOS) or ./run.sh --uefi, or by hand on a throw-away overlay:"
@@ -261,6 +273,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The default update root: `dir/root.json`, making development keys in
+/// `dir` the first time, and saying loudly what they are.
+fn dev_update_root(dir: &Path) -> anyhow::Result<PathBuf> {
+    let made = keys::ensure_dev_keys(dir, Time::now())?;
+    let root = dir.join("root.json");
+    if let Some(change) = made {
+        let bar = "=".repeat(76);
+        eprintln!("{bar}");
+        eprintln!(
+            "image-build: WARNING: made DEVELOPMENT update keys in {}",
+            dir.display()
+        );
+        eprintln!(
+            "  (no --update-root given; root.json version 1, expires {}).",
+            change.root.expires
+        );
+        eprintln!("  They are NOT FOR PRODUCTION: the private keys sit unprotected in the build");
+        eprintln!("  tree, and whoever reads them can sign updates this image trusts. They are");
+        eprintln!("  reused by later builds until `cargo clean` deletes them. For real images:");
+        eprintln!(
+            "    image-build keys init --dir /secure/atoll-keys   (keep the root key offline)"
+        );
+        eprintln!("    image-build disk --update-root /secure/atoll-keys/root.json");
+        eprintln!("  (docs/updates.md, \"Keys\")");
+        eprintln!("{bar}");
+    } else if keys::is_dev_keys(dir) {
+        eprintln!(
+            "image-build: warning: the slot trusts the DEVELOPMENT update keys in {} (not for production; see {})",
+            dir.display(),
+            dir.join(keys::DEV_KEYS_MARKER).display()
+        );
+    }
+    Ok(root)
 }
 
 fn run_keys(command: KeysCmd, at: &dyn Fn(&Path) -> PathBuf) -> anyhow::Result<()> {

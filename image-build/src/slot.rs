@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use atoll_common::layout::{self, VERITY_BLOCK_SIZE};
+use atoll_updater::metadata::SHIPPED_ROOT;
 use sha2::{Digest, Sha256};
 
 use crate::ids;
@@ -76,6 +77,9 @@ pub struct RootfsInputs<'a> {
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
     pub kernel_release: &'a str,
+    /// The update root of trust (a checked root.json), shipped as
+    /// [`SHIPPED_ROOT`].
+    pub update_root: &'a [u8],
 }
 
 /// Lays out the slot's root in `tree` (modules and libraries are added by
@@ -87,6 +91,7 @@ pub fn populate(tree: &Tree, inp: &RootfsInputs<'_>) -> Result<(), SlotError> {
     tree.copy("usr/sbin/mke2fs", inp.mke2fs, 0o755)?;
     tree.copy(layout::SLOT_KERNEL, inp.vmlinuz, 0o644)?;
     tree.copy(layout::SLOT_INITRD, inp.initrd, 0o644)?;
+    tree.file(SHIPPED_ROOT, inp.update_root, 0o644)?;
     for d in ["etc", "proc", "sys", "dev", "run", "tmp", "var", "boot"] {
         tree.dir(d)?;
     }

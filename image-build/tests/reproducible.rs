@@ -3,7 +3,9 @@
 //! Inputs: the init and atollctl binaries from `ATOLL_INIT` / `ATOLL_ATOLLCTL`
 //! (default: target/release/init and target/release/atollctl; build them
 //! with `cargo build --release -p atoll-init`), and the pinned kernel
-//! package from target/atoll/cache or /tmp/k (else it is fetched).
+//! package from target/atoll/cache or /tmp/k (else it is fetched). The
+//! update root of trust is the default one: target/atoll/keys/root.json,
+//! development keys made by the first build that needs them.
 
 // A panic in a test is its failure message.
 #![allow(clippy::unwrap_used)]
@@ -123,5 +125,20 @@ fn two_builds_are_identical() {
     }
     assert_eq!(info_a, info_b, "build.json differs");
     assert_eq!(info_a.image_sha256, info_b.image_sha256);
+
+    // Both slots carry the default root of trust: the development keys,
+    // made by the first build if missing, reused by the second.
+    let shipped = std::fs::read(workspace().join("target/atoll/keys/root.json")).unwrap();
+    for out in [&a, &b] {
+        let path = out
+            .join("work/rootfs")
+            .join(atoll_updater::metadata::SHIPPED_ROOT.trim_start_matches('/'));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            shipped,
+            "{} is not the default update root",
+            path.display()
+        );
+    }
     std::fs::remove_dir_all(&scratch).unwrap();
 }
