@@ -16,8 +16,13 @@
 //! - [`pull`]: pulling an image from a registry (or an OCI archive from an
 //!   HTTPS URL) into the store, every blob verified, layers downloaded in
 //!   parallel and resumed.
+//! - [`run`]: running a container: the spec (an OCI `config.json`
+//!   subset, built from an image config by Docker's rules), overlay
+//!   rootfs and pivot_root, namespaces, cgroup v2 limits, capabilities,
+//!   no_new_privs and a default seccomp filter.
 //!
-//! Not built yet: containers, pods and the runc-compatible command line.
+//! Not built yet: bridge networking, pods, supervision and the
+//! runc-compatible command line.
 
 pub mod digest;
 pub mod import;
@@ -25,5 +30,6 @@ pub mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod run;
 pub mod store;
 pub mod unpack;

@@ -1,0 +1,28 @@
+//! Running a container (shared/DESIGN.md, "Runtime"): the spec
+//! ([`spec`], a subset of the OCI runtime spec), the root filesystem
+//! ([`rootfs`], overlay + mounts + pivot_root, through the [`sys`] trait),
+//! the cgroup ([`cgroup`], v2), the seccomp filter ([`seccomp`]) and the
+//! process itself ([`process`]: namespaces, user, capabilities,
+//! no_new_privs, seccomp, execve).
+//!
+//! ```no_run
+//! # use atoll_runtime::run::{spec::*, rootfs::RootfsSource, process};
+//! # fn f(config: &atoll_runtime::manifest::ImageConfig, layers: Vec<std::path::PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
+//! let state = std::path::Path::new("/var/lib/atoll/containers/web");
+//! let etc = EtcFiles::from_layers(&layers);
+//! let (source, root) = RootfsSource::overlay_in(layers, state)?;
+//! let spec = Spec::from_image(config, &Overrides::default(), &etc, &root)?;
+//! let mut container = process::start(&spec, &source, None, process::Stdio::default())?;
+//! let status = container.wait()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Not here yet: bridge networking, healthchecks, pods, supervision,
+//! joining existing namespaces.
+
+pub mod cgroup;
+pub mod process;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod sys;
