@@ -583,8 +583,7 @@ impl ModuleDb {
 /// (class 02), a virtio network device, or a Xen/Hyper-V-style virtual NIC
 /// on its own bus is left to the full coldplug.
 pub fn is_network_modalias(alias: &str) -> bool {
-    (alias.starts_with("pci:") && alias.contains("bc02"))
-        || alias.starts_with("virtio:d00000001v")
+    (alias.starts_with("pci:") && alias.contains("bc02")) || alias.starts_with("virtio:d00000001v")
 }
 
 /// Whether a modalias is QEMU's fw_cfg device (ACPI `QEMU0002`).
@@ -1297,10 +1296,18 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
         let wanted = |a: &str| a.starts_with("virtio:d00000002");
         let report = db.coldplug_with(&k, &tree.0.join("sys/bus"), None, Some(&wanted));
         assert!(report.loaded.contains(&"virtio_blk".to_string()));
-        assert!(!report.loaded.contains(&"ata_piix".to_string()), "{:?}", report.loaded);
-        assert!(is_network_modalias("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"));
+        assert!(
+            !report.loaded.contains(&"ata_piix".to_string()),
+            "{:?}",
+            report.loaded
+        );
+        assert!(is_network_modalias(
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+        ));
         assert!(is_network_modalias("virtio:d00000001v00001AF4"));
-        assert!(!is_network_modalias("pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"));
+        assert!(!is_network_modalias(
+            "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"
+        ));
         assert!(is_fw_cfg_modalias("acpi:QEMU0002:"));
     }
 

@@ -354,7 +354,9 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     let mut modules_task = {
         let d = dog.clone();
-        Some(tokio::task::spawn_blocking(move || coldplug_early(trial, d)))
+        Some(tokio::task::spawn_blocking(move || {
+            coldplug_early(trial, d)
+        }))
     };
 
     // 3. DATA on /var.
