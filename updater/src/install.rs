@@ -24,11 +24,10 @@
 //! target and slot, re-reads and re-hashes the slot prefix from the
 //! device (so the final `slot_sha256` covers what is really on the disk),
 //! and asks for the rest of the payload with an HTTP Range from the
-//! recorded offset. Limits: a payload that is one zstd frame (what
-//! `image-build release` writes today) has no boundary but its end, so an
-//! interrupted download of it starts again from byte 0; payloads written
-//! as a sequence of frames (say one per 8 MiB of slot; the output is the
-//! same slot image) resume within one frame's worth. A prefix is only
+//! recorded offset. `image-build release` writes one frame per 4 MiB of
+//! slot, so an interrupted download resumes within a checkpoint's worth
+//! (a payload that is a single frame has no boundary but its end, and
+//! starts again from byte 0). A prefix is only
 //! verified with the whole payload at the end: a resumed install that
 //! fails verification deletes the progress, so the next attempt starts
 //! from scratch; a tampered prefix costs one download, never an install.
@@ -179,8 +178,10 @@ pub struct Install<'a> {
     pub checkpoint_every: u64,
 }
 
-/// Default [`Install::checkpoint_every`]: 16 MiB.
-pub const CHECKPOINT_EVERY: u64 = 16 << 20;
+/// Default [`Install::checkpoint_every`]: 4 MiB, the slot bytes in one of
+/// the frames `image-build release` writes, so every frame boundary is a
+/// checkpoint (at the cost of an fsync per 4 MiB).
+pub const CHECKPOINT_EVERY: u64 = 4 << 20;
 
 /// A finished install.
 #[derive(Debug, Clone, PartialEq, Eq)]
