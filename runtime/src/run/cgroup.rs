@@ -58,7 +58,9 @@ pub enum CgroupError {
 
 /// Whether `path` is on cgroup2.
 pub fn is_cgroup2(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == CGROUP2_MAGIC)
+    // f_type's integer type differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    rustix::fs::statfs(path).is_ok_and(|s| i64::from(s.f_type) == CGROUP2_MAGIC)
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
@@ -300,8 +302,8 @@ mod tests {
         ));
     }
 
-    /// On a real cgroup v2 tree with the controllers: create, limit, add
-    /// ourselves? No: a child process, then remove.
+    /// On a real cgroup v2 tree with the controllers: create, limit, move
+    /// a child process in, remove.
     #[test]
     fn real_cgroup_v2_limits() {
         let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]

@@ -528,13 +528,13 @@ fn container_init(p: &Prepared, stdio: Stdio) -> Result<Never, String> {
             },
         )
         .map_err(|e| format!("capset: {e}"))?;
-        for n in 0..ALL_CAPABILITIES.len() {
+        for (n, name) in ALL_CAPABILITIES.iter().enumerate() {
             if ambient & (1 << n) != 0 {
                 rustix::thread::configure_capability_in_ambient_set(
                     CapabilitySet::from_bits_retain(1 << n),
                     true,
                 )
-                .map_err(|e| format!("raising ambient {}: {e}", ALL_CAPABILITIES[n]))?;
+                .map_err(|e| format!("raising ambient {name}: {e}"))?;
             }
         }
     }

@@ -247,6 +247,9 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
     }
 }
 
+/// Syscall number to its conditional rules; `None` matches unconditionally.
+type RuleMap = BTreeMap<i64, Option<Vec<SeccompRule>>>;
+
 /// Compile a profile to BPF programs, one per distinct rule action (the
 /// kernel runs them all and the strictest answer wins). Names this
 /// architecture lacks are skipped, as libseccomp does.
@@ -254,7 +257,7 @@ pub fn compile(profile: &Seccomp) -> Result<Vec<BpfProgram>, SeccompError> {
     let default = action(&profile.default_action, profile.default_errno_ret)?;
     let arch = target_arch()?;
     // action -> syscall -> rules (an empty list matches unconditionally).
-    let mut by_action: Vec<(SeccompAction, BTreeMap<i64, Option<Vec<SeccompRule>>>)> = Vec::new();
+    let mut by_action: Vec<(SeccompAction, RuleMap)> = Vec::new();
     for r in &profile.syscalls {
         let act = action(&r.action, r.errno_ret)?;
         if act == default {

@@ -662,7 +662,7 @@ pub fn resolve_user(spec: &str, etc: &EtcFiles) -> Result<(User, Option<String>)
                 .map(|e| e.1)
                 .ok_or_else(|| SpecError::UnknownGroup(g.to_string()))?,
         },
-        None => entry.map_or(0, |e| e.1),
+        None => entry.map_or(0, |e| e.2),
     };
     // Supplementary groups: those listing the user by name (Docker's
     // rule), unless a group was given explicitly.
@@ -935,4 +935,273 @@ pub fn capability_mask(names: &[String]) -> Result<u64, SpecError> {
         let num = capability_number(n).ok_or_else(|| SpecError::UnknownCapability(n.clone()))?;
         Ok(acc | 1u64 << num)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ContainerConfig, RootFs};
+
+    fn image(config: ContainerConfig) -> ImageConfig {
+        ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+            created: None,
+            config: Some(config),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: Vec::new(),
+            },
+            history: Vec::new(),
+        }
+    }
+
+    fn etc() -> EtcFiles {
+        EtcFiles {
+            passwd: Some(
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n".into(),
+            ),
+            group: Some("root:x:0:\napp:x:1001:\nwheel:x:10:app,other\nstaff:x:50:\n".into()),
+        }
+    }
+
+    fn build(config: ContainerConfig, o: &Overrides) -> Result<Spec, SpecError> {
+        Spec::from_image(&image(config), o, &etc(), Path::new("/r"))
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_rules() {
+        let img = ContainerConfig {
+            entrypoint: Some(vec!["/ep".into()]),
+            cmd: Some(vec!["a".into()]),
+            ..Default::default()
+        };
+        let s = build(img.clone(), &Overrides::default()).expect("spec");
+        assert_eq!(s.process.args, ["/ep", "a"]);
+        let o = Overrides {
+            cmd: Some(vec!["b".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            build(img.clone(), &o).expect("spec").process.args,
+            ["/ep", "b"]
+        );
+        let o = Overrides {
+            entrypoint: Some(vec!["/other".into()]),
+            ..Default::default()
+        };
+        assert_eq!(build(img, &o).expect("spec").process.args, ["/other"]);
+        assert!(matches!(
+            build(ContainerConfig::default(), &Overrides::default()),
+            Err(SpecError::NoCommand)
+        ));
+    }
+
+    #[test]
+    fn env_merge_and_defaults() {
+        let img = ContainerConfig {
+            cmd: Some(vec!["x".into()]),
+            env: Some(vec!["A=1".into(), "B=2".into()]),
+            working_dir: Some("".into()),
+            ..Default::default()
+        };
+        let o = Overrides {
+            env: vec!["B=3".into(), "C=4".into()],
+            hostname: Some("h".into()),
+            ..Default::default()
+        };
+        let s = build(img, &o).expect("spec");
+        assert_eq!(
+            s.process.env,
+            [
+                format!("PATH={DEFAULT_PATH}"),
+                "A=1".into(),
+                "B=3".into(),
+                "HOSTNAME=h".into(),
+                "C=4".into(),
+                "HOME=/root".into()
+            ]
+        );
+        assert_eq!(s.process.cwd, "/");
+        let bad = Overrides {
+            env: vec!["NOEQ".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build(
+                ContainerConfig {
+                    cmd: Some(vec!["x".into()]),
+                    ..Default::default()
+                },
+                &bad
+            ),
+            Err(SpecError::BadEnv(_))
+        ));
+    }
+
+    #[test]
+    fn users_by_number_and_name() {
+        let e = etc();
+        let (u, home) = resolve_user("app", &e).expect("app");
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1001, vec![10]));
+        assert_eq!(home.as_deref(), Some("/home/app"));
+        let (u, _) = resolve_user("1000:staff", &e).expect("1000:staff");
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 50, vec![]));
+        let (u, home) = resolve_user("4242:7", &e).expect("numbers");
+        assert_eq!((u.uid, u.gid, home), (4242, 7, None));
+        let (u, _) = resolve_user("", &e).expect("default root");
+        assert_eq!((u.uid, u.gid), (0, 0));
+        assert!(matches!(
+            resolve_user("ghost", &e),
+            Err(SpecError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            resolve_user("app:ghosts", &e),
+            Err(SpecError::UnknownGroup(_))
+        ));
+    }
+
+    #[test]
+    fn docker_defaults() {
+        let s = build(
+            ContainerConfig {
+                cmd: Some(vec!["x".into()]),
+                ..Default::default()
+            },
+            &Overrides::default(),
+        )
+        .expect("spec");
+        let caps = s.process.capabilities.clone().expect("caps");
+        assert_eq!(capability_mask(&caps.effective).expect("mask"), 0xa804_25fb);
+        assert_eq!(caps.bounding, caps.permitted);
+        assert!(caps.inheritable.is_empty() && caps.ambient.is_empty());
+        assert!(s.process.no_new_privileges);
+        assert_eq!(s.linux.masked_paths.len(), 11);
+        assert!(s
+            .linux
+            .readonly_paths
+            .contains(&"/proc/sysrq-trigger".to_string()));
+        assert!(s.linux.has_namespace(NamespaceType::Network));
+        assert!(!s.linux.has_namespace(NamespaceType::User));
+        assert!(s.linux.seccomp.is_some());
+        let host = Overrides {
+            network: NetworkMode::Host,
+            ..Default::default()
+        };
+        let s = build(
+            ContainerConfig {
+                cmd: Some(vec!["x".into()]),
+                ..Default::default()
+            },
+            &host,
+        )
+        .expect("spec");
+        assert!(!s.linux.has_namespace(NamespaceType::Network));
+    }
+
+    #[test]
+    fn cap_add_and_drop() {
+        let mut c = Capabilities::docker_default();
+        c.adjust(&["NET_ADMIN".into()], &["CAP_CHOWN".into(), "mknod".into()])
+            .expect("adjust");
+        assert!(c.effective.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!c.effective.contains(&"CAP_CHOWN".to_string()));
+        assert!(!c.bounding.contains(&"CAP_MKNOD".to_string()));
+        let mut c = Capabilities::docker_default();
+        c.adjust(&["CAP_KILL".into()], &["ALL".into()])
+            .expect("adjust");
+        assert_eq!(c.effective, ["CAP_KILL"]);
+        assert!(matches!(
+            Capabilities::docker_default().adjust(&["CAP_NOPE".into()], &[]),
+            Err(SpecError::UnknownCapability(_))
+        ));
+    }
+
+    #[test]
+    fn volumes_checked() {
+        let o = Overrides {
+            volumes: vec![Volume {
+                source: VolumeSource::HostPath("/etc".into()),
+                destination: "/x".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        let img = ContainerConfig {
+            cmd: Some(vec!["x".into()]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            build(img.clone(), &o),
+            Err(SpecError::HostPathNotAllowed { .. })
+        ));
+        let o = Overrides {
+            volumes: vec![Volume {
+                source: VolumeSource::HostPath("/var/../etc".into()),
+                destination: "/x".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build(img.clone(), &o),
+            Err(SpecError::HostPathNotAllowed { .. })
+        ));
+        let o = Overrides {
+            volumes: vec![Volume {
+                source: VolumeSource::Named("../x".into()),
+                destination: "/x".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build(img.clone(), &o),
+            Err(SpecError::BadVolumeName(_))
+        ));
+        let o = Overrides {
+            tmpfs: vec![Tmpfs {
+                destination: "relative".into(),
+                size: None,
+                mode: None,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(build(img, &o), Err(SpecError::BadDestination(_))));
+    }
+
+    #[test]
+    fn reads_an_oci_config_json() {
+        let json = r#"{
+          "ociVersion": "1.0.2",
+          "process": {"user": {"uid": 1, "gid": 2, "additionalGids": [3]},
+                      "args": ["sh"], "env": ["A=b"], "cwd": "/",
+                      "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]},
+                      "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                      "noNewPrivileges": true},
+          "root": {"path": "rootfs", "readonly": true},
+          "hostname": "h",
+          "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+          "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}],
+                    "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                    "resources": {"memory": {"limit": 1000}, "blockIO": {"weight": 100}},
+                    "maskedPaths": ["/proc/kcore"]}
+        }"#;
+        let s: Spec = serde_json::from_str(json).expect("parses");
+        assert_eq!(s.process.user.additional_gids, [3]);
+        assert!(s.root.readonly);
+        assert_eq!(s.linux.uid_mappings[0].host_id, 100000);
+        assert_eq!(
+            s.linux
+                .resources
+                .as_ref()
+                .and_then(|r| r.block_io.as_ref())
+                .and_then(|b| b.weight),
+            Some(100)
+        );
+        let again: Spec =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parses");
+        assert_eq!(again, s);
+    }
 }
