@@ -22,6 +22,7 @@ packages=(
     iproute2          # network namespaces and veth for that test
     skopeo            # reads the runtime's OCI image store in its store test
     docker-registry   # a real OCI registry for the runtime's pull tests
+    busybox-static    # a tiny root file system for the runtime's container tests
 )
 
 missing=()
