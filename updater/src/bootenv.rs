@@ -49,6 +49,8 @@ pub enum BootEnvError {
     },
     #[error("verity root hash {0:?} is not 64 lower-case hex digits")]
     Verity(String),
+    #[error("slot {0} is not marked good (or has no verity hash) in grubenv")]
+    NotGood(Slot),
 }
 
 /// The grubenv pair on a mounted ESP.
@@ -112,6 +114,36 @@ impl BootEnv {
             state.order.retain(|s| *s != slot);
             state.order.insert(0, slot);
         })
+    }
+    /// Puts the good `slot` first in ORDER (a manual rollback to the
+    /// other slot), in the live block and in the good copy, so that a
+    /// damaged live block falls back to the same choice. Refuses a slot
+    /// that is not marked good or has no verity hash. Returns the new
+    /// live state.
+    pub fn prefer(&self, slot: Slot) -> Result<BootState, BootEnvError> {
+        let state = self.state()?;
+        let st = state.slot(slot);
+        if !st.good || st.verity.is_empty() {
+            return Err(BootEnvError::NotGood(slot));
+        }
+        let first = |state: &mut BootState| {
+            state.order.retain(|s| *s != slot);
+            state.order.insert(0, slot);
+        };
+        let live = change(&self.env, first)?;
+        if let Some(good) = &self.good {
+            match read(good) {
+                Ok((_, g)) if g.slot(slot).good => {
+                    change(good, first)?;
+                }
+                Ok(_) => log::warn!(
+                    "leaving {} as it is: slot {slot} is not good there",
+                    good.display()
+                ),
+                Err(e) => log::warn!("leaving {} as it is: {e}", good.display()),
+            }
+        }
+        Ok(live)
     }
 }
 
@@ -248,6 +280,23 @@ mod tests {
                 Err(BootEnvError::Verity(_))
             ));
         }
+    }
+
+    #[test]
+    fn prefer_puts_a_good_slot_first() {
+        let mut state = BootState::fresh(&"ab".repeat(32));
+        state.b.good = true;
+        state.b.verity = "cd".repeat(32);
+        let (_dir, boot) = esp(&state);
+        assert_eq!(boot.prefer(Slot::B).unwrap().order, vec![Slot::B, Slot::A]);
+        for path in [&boot.env, boot.good.as_ref().unwrap()] {
+            assert_eq!(state_of(path).order, vec![Slot::B, Slot::A]);
+        }
+        boot.mark_unbootable(Slot::A).unwrap();
+        assert!(matches!(
+            boot.prefer(Slot::A),
+            Err(BootEnvError::NotGood(Slot::A))
+        ));
     }
 
     #[test]

@@ -19,10 +19,14 @@
 //!   [`Schedule::interval`] ± [`Schedule::jitter`], the jitter drawn from
 //!   the machine id and the time, so that a fleet started together spreads
 //!   out.
+//! - Maintenance windows ([`Window`], from the config's `[update.window]`):
+//!   [`next_window`] gives when a host with the `window` strategy may
+//!   reboot into an installed release.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use atoll_common::config::{TimeOfDay, UpdateWindow, Weekday};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -215,6 +219,71 @@ fn jitter(machine_id: &str, at: Time, max: u64) -> u64 {
     u64::from_be_bytes(first) % (max + 1)
 }
 
+/// A maintenance window: it opens on each of `days` at `start` (local
+/// time at `utc_offset_minutes` east of UTC) and stays open for `length`
+/// (at most a day; a window may run past midnight into the next day).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The days it opens on; empty: every day (as the config's default).
+    pub days: Vec<Weekday>,
+    pub start: TimeOfDay,
+    pub length: Duration,
+    pub utc_offset_minutes: i32,
+}
+
+impl Window {
+    /// From the config's `[update.window]`; `None` if a value did not
+    /// parse (a validated config always has them).
+    pub fn from_config(window: &UpdateWindow) -> Option<Window> {
+        Some(Window {
+            days: window.days.clone(),
+            start: *window.start.get()?,
+            length: *window.length.get()?,
+            utc_offset_minutes: window.time_zone.get()?.0,
+        })
+    }
+
+    fn opens_on(&self, day: Weekday) -> bool {
+        self.days.is_empty() || self.days.contains(&day)
+    }
+}
+
+const DAY_SECS: i64 = 86_400;
+
+/// The weekday of day `n` since 1970-01-01 (a Thursday).
+fn weekday(n: i64) -> Weekday {
+    Weekday::ALL[(n + 3).rem_euclid(7) as usize]
+}
+
+/// When the host may next reboot inside `window`: `now` if a window is
+/// open at `now`, else the start of the next one. A window is counted
+/// from the day it opens on, so one opening Saturday 23:00 for 2 hours is
+/// still open at 00:30 on Sunday even when Sunday is not listed.
+pub fn next_window(now: Time, window: &Window) -> Time {
+    let offset = i64::from(window.utc_offset_minutes) * 60;
+    let local = now.unix() as i64 + offset;
+    let today = local.div_euclid(DAY_SECS);
+    let start_secs = i64::from(window.start.hour) * 3600 + i64::from(window.start.minute) * 60;
+    let length = window.length.as_secs().min(DAY_SECS as u64) as i64;
+    // Yesterday's window may still be open; every weekday comes up within
+    // the next 7 days.
+    for day in (today - 1)..=(today + 7) {
+        if !window.opens_on(weekday(day)) {
+            continue;
+        }
+        let opens = day * DAY_SECS + start_secs;
+        if opens <= local && local < opens + length {
+            return now;
+        }
+        if opens > local {
+            let utc = (opens - offset).max(0) as u64;
+            return Time::from_unix(utc).unwrap_or(now);
+        }
+    }
+    // Not reached: some day within a week opens (every day if none).
+    now
+}
+
 #[cfg(test)]
 mod tests {
     use crate::metadata::Hashes;
@@ -360,6 +429,120 @@ mod tests {
             })
             .count();
         assert!((150..250).contains(&n), "{n}");
+    }
+
+    fn window(days: &[Weekday], start: &str, length: u64, offset: i32) -> Window {
+        Window {
+            days: days.to_vec(),
+            start: TimeOfDay {
+                hour: start[..2].parse().unwrap(),
+                minute: start[3..].parse().unwrap(),
+            },
+            length: Duration::from_secs(length * 60),
+            utc_offset_minutes: offset,
+        }
+    }
+
+    #[test]
+    fn weekdays() {
+        // 1970-01-01 was a Thursday; 2026-03-01 is a Sunday.
+        assert_eq!(weekday(0), Weekday::Thu);
+        assert_eq!(weekday(-1), Weekday::Wed);
+        let d = t("2026-03-01T12:00:00Z").unix() as i64 / DAY_SECS;
+        assert_eq!(weekday(d), Weekday::Sun);
+    }
+
+    #[test]
+    fn next_window_later_today_or_open_now() {
+        let w = window(&[], "02:00", 120, 0);
+        // Before: today at 02:00.
+        assert_eq!(
+            next_window(t("2026-03-02T01:00:00Z"), &w),
+            t("2026-03-02T02:00:00Z")
+        );
+        // Open: now (the start itself included, the end not).
+        for at in ["2026-03-02T02:00:00Z", "2026-03-02T03:59:59Z"] {
+            assert_eq!(next_window(t(at), &w), t(at));
+        }
+        // Closed: tomorrow.
+        assert_eq!(
+            next_window(t("2026-03-02T04:00:00Z"), &w),
+            t("2026-03-03T02:00:00Z")
+        );
+    }
+
+    #[test]
+    fn next_window_wraps_the_week() {
+        // Saturdays and Sundays at 02:00; 2026-03-01 is a Sunday.
+        let w = window(&[Weekday::Sat, Weekday::Sun], "02:00", 60, 0);
+        assert_eq!(
+            next_window(t("2026-03-01T05:00:00Z"), &w),
+            t("2026-03-07T02:00:00Z")
+        );
+        assert_eq!(
+            next_window(t("2026-02-28T05:00:00Z"), &w),
+            t("2026-03-01T02:00:00Z")
+        );
+        // Mondays only, asked on a Monday after the window: next week.
+        let w = window(&[Weekday::Mon], "09:30", 30, 0);
+        assert_eq!(
+            next_window(t("2026-03-02T10:00:00Z"), &w),
+            t("2026-03-09T09:30:00Z")
+        );
+    }
+
+    #[test]
+    fn next_window_spanning_midnight() {
+        // Saturdays 23:00 for 2 hours: open until Sunday 01:00, though
+        // Sunday is not listed.
+        let w = window(&[Weekday::Sat], "23:00", 120, 0);
+        let sunday = t("2026-03-01T00:30:00Z");
+        assert_eq!(next_window(sunday, &w), sunday);
+        assert_eq!(
+            next_window(t("2026-03-01T01:00:00Z"), &w),
+            t("2026-03-07T23:00:00Z")
+        );
+        assert_eq!(
+            next_window(t("2026-02-28T22:00:00Z"), &w),
+            t("2026-02-28T23:00:00Z")
+        );
+    }
+
+    #[test]
+    fn next_window_in_a_time_zone() {
+        // 02:00 at +02:00 is 00:00 UTC; at -05:00 it is 07:00 UTC.
+        let east = window(&[], "02:00", 60, 120);
+        assert_eq!(
+            next_window(t("2026-03-01T23:30:00Z"), &east),
+            t("2026-03-02T00:00:00Z")
+        );
+        let west = window(&[Weekday::Sun], "02:00", 60, -300);
+        // Sunday 06:00 UTC is Sunday 01:00 local: an hour to go.
+        assert_eq!(
+            next_window(t("2026-03-01T06:00:00Z"), &west),
+            t("2026-03-01T07:00:00Z")
+        );
+        // Sunday 03:00 UTC is Saturday 22:00 local.
+        assert_eq!(
+            next_window(t("2026-03-01T03:00:00Z"), &west),
+            t("2026-03-01T07:00:00Z")
+        );
+    }
+
+    #[test]
+    fn window_from_the_config() {
+        let mut c = UpdateWindow {
+            days: vec![Weekday::Sat],
+            start: atoll_common::config::Parsed::new("03:15"),
+            length: atoll_common::config::Parsed::new("90m"),
+            time_zone: atoll_common::config::Parsed::new("+01:00"),
+        };
+        assert_eq!(
+            Window::from_config(&c),
+            Some(window(&[Weekday::Sat], "03:15", 90, 60))
+        );
+        c.start = atoll_common::config::Parsed::new("25:00");
+        assert_eq!(Window::from_config(&c), None);
     }
 
     #[test]
