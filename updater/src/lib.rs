@@ -12,14 +12,18 @@
 //! - [`policy`]: which release (versions, `min_version`, phased rollout
 //!   buckets, releases that rolled back) and when to check;
 //! - [`state`]: what the agent keeps on /var across reboots;
-//! - [`sha256state`]: a SHA-256 whose state can be saved, for resuming.
+//! - [`sha256state`]: a SHA-256 whose state can be saved, for resuming;
+//! - [`agent`]: the loop over all of these (one check, the schedule, the
+//!   reboot strategies, a manual rollback, the status), which the
+//!   `atoll-updater` binary runs.
 //!
-//! Still to come: the agent loop run and supervised by PID 1, reboot
-//! strategies, boot assessment wiring and the `atollctl` commands.
+//! Still to come: PID 1 running and supervising `atoll-updater run`, boot
+//! assessment wiring, the host API and the `atollctl` commands.
 
 // Tests unwrap freely: a panic there is a test failure with its message.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod agent;
 pub mod bootenv;
 pub mod http;
 pub mod install;

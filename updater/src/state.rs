@@ -118,6 +118,42 @@ pub struct Event {
     pub what: String,
 }
 
+/// A payload being downloaded into the inactive slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    pub name: String,
+    pub version: Version,
+    pub slot: Slot,
+    /// Payload bytes had (including any resumed prefix).
+    pub done: u64,
+    pub total: u64,
+}
+
+/// The release in each slot, as far as the agent knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a: Option<Version>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b: Option<Version>,
+}
+
+impl SlotVersions {
+    pub fn get(&self, slot: Slot) -> Option<Version> {
+        match slot {
+            Slot::A => self.a,
+            Slot::B => self.b,
+        }
+    }
+
+    pub fn set(&mut self, slot: Slot, version: Option<Version>) {
+        match slot {
+            Slot::A => self.a = version,
+            Slot::B => self.b = version,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +169,11 @@ pub struct AgentState {
     pub bad: BadReleases,
     #[serde(default)]
     pub history: VecDeque<Event>,
+    /// The download under way or interrupted (it resumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<Download>,
+    #[serde(default)]
+    pub slots: SlotVersions,
 }
 
 /// What the boot after an install came to ([`AgentState::after_boot`]).
