@@ -91,6 +91,27 @@ pub struct Stdio {
     pub stderr: Option<OwnedFd>,
 }
 
+/// Options for [`start_with`] beyond [`start`]'s.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Hold the init before execve until `exec_fifo` is opened for
+    /// reading (the OCI `create`/`start` split, as runc's `exec.fifo`).
+    pub exec_fifo: Option<ExecFifo>,
+    /// Make the init a session leader with its stdin (a terminal) as the
+    /// controlling terminal (`process.terminal`).
+    pub controlling_terminal: bool,
+}
+
+/// A FIFO the init opens for writing (blocking until a reader opens it)
+/// and writes one byte to, after all setup and just before execve. It is
+/// opened relative to `dir`, a directory fd taken before the fork, so it
+/// is reachable after pivot_root without /proc.
+#[derive(Debug)]
+pub struct ExecFifo {
+    pub dir: OwnedFd,
+    pub name: CString,
+}
+
 /// How the container's init ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -179,6 +200,7 @@ struct Prepared<'a> {
     rlimits: Vec<(Resource, u64, u64)>,
     args: Vec<CString>,
     env: Vec<CString>,
+    options: StartOptions,
 }
 
 fn cstring(s: &str) -> Result<CString, ProcessError> {
@@ -229,7 +251,11 @@ pub fn namespace_flags(spec: &Spec) -> Result<(CloneFlags, bool), ProcessError> 
     Ok((flags, user))
 }
 
-fn prepare<'a>(spec: &'a Spec, rootfs: &'a RootfsSource) -> Result<Prepared<'a>, ProcessError> {
+fn prepare<'a>(
+    spec: &'a Spec,
+    rootfs: &'a RootfsSource,
+    options: StartOptions,
+) -> Result<Prepared<'a>, ProcessError> {
     let (flags, user_ns) = namespace_flags(spec)?;
     let seccomp = match &spec.linux.seccomp {
         Some(profile) => seccomp::compile(profile)?,
@@ -280,6 +306,7 @@ fn prepare<'a>(spec: &'a Spec, rootfs: &'a RootfsSource) -> Result<Prepared<'a>,
         rlimits,
         args,
         env,
+        options,
     })
 }
 
@@ -295,7 +322,20 @@ pub fn start(
     cgroup: Option<&Cgroup>,
     stdio: Stdio,
 ) -> Result<Container, ProcessError> {
-    let prepared = prepare(spec, rootfs)?;
+    start_with(spec, rootfs, cgroup, stdio, StartOptions::default())
+}
+
+/// [`start`] with [`StartOptions`]. With an exec FIFO it returns once the
+/// init is set up and waiting on the FIFO; a failure after that (the
+/// execve) is no longer reported here.
+pub fn start_with(
+    spec: &Spec,
+    rootfs: &RootfsSource,
+    cgroup: Option<&Cgroup>,
+    stdio: Stdio,
+    options: StartOptions,
+) -> Result<Container, ProcessError> {
+    let prepared = prepare(spec, rootfs, options)?;
     let (from_child_r, from_child_w) = pipe()?;
     let (to_child_r, to_child_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -433,7 +473,7 @@ fn setup_process(
         if ret == 0 {
             drop(to_parent);
             drop(from_parent);
-            match container_init(p, stdio) {
+            match container_init(p, stdio, &err_w) {
                 Ok(never) => match never {},
                 Err(message) => fail(&err_w, &message),
             }
@@ -455,7 +495,7 @@ enum Never {}
 
 /// The container's init: everything up to execve. Errors are messages for
 /// the caller (this process cannot return).
-fn container_init(p: &Prepared, stdio: Stdio) -> Result<Never, String> {
+fn container_init(p: &Prepared, stdio: Stdio, err_w: &OwnedFd) -> Result<Never, String> {
     let spec = p.spec;
     SigSet::empty()
         .thread_set_mask()
@@ -467,6 +507,14 @@ fn container_init(p: &Prepared, stdio: Stdio) -> Result<Never, String> {
             if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
                 return Err(format!("dup2 onto fd {target}: {}", Errno::last()));
             }
+        }
+    }
+    if p.options.controlling_terminal {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        // SAFETY: TIOCSCTTY takes an int argument; fd 0 is the terminal
+        // dup'ed above.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(format!("TIOCSCTTY: {}", Errno::last()));
         }
     }
     if let Some(h) = &spec.hostname {
@@ -545,11 +593,35 @@ fn container_init(p: &Prepared, stdio: Stdio) -> Result<Never, String> {
         seccomp::apply(&p.seccomp).map_err(|e| error_chain(&e))?;
     }
     let program = find_program(&spec.process.args[0], &spec.process.env)?;
+    if let Some(fifo) = &p.options.exec_fifo {
+        wait_exec_fifo(fifo, err_w)?;
+    }
     let err = nix::unistd::execve(&program, &p.args, &p.env).map_err(|e| e.to_string());
     Err(format!(
         "execve({program:?}): {}",
         err.err().unwrap_or_default()
     ))
+}
+
+/// Setup is done: close the error pipe (so `start_with` returns), then
+/// block opening the FIFO until its reader comes, and write one byte.
+fn wait_exec_fifo(fifo: &ExecFifo, err_w: &OwnedFd) -> Result<(), String> {
+    // The OwnedFd is never dropped in this process (it ends in execve or
+    // _exit), so closing its number here closes it once. A later `fail`
+    // writes to a closed fd, or, if the number was reused by the FIFO, the
+    // FIFO is closed before the error returns (it is a local below).
+    let _ = nix::unistd::close(err_w.as_raw_fd());
+    let fd = nix::fcntl::openat(
+        Some(fifo.dir.as_raw_fd()),
+        fifo.name.as_c_str(),
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the exec fifo: {e}"))?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    nix::unistd::write(&fd, b"0").map_err(|e| format!("writing the exec fifo: {e}"))?;
+    Ok(())
 }
 
 /// `arg0` if it has a slash, else the first executable match in the
