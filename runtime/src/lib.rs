@@ -27,6 +27,7 @@
 pub mod digest;
 pub mod import;
 pub mod manifest;
+pub mod oci;
 pub mod pull;
 pub mod reference;
 pub mod registry;
