@@ -1,0 +1,239 @@
+//! `atoll-runtime`: the runc-compatible OCI runtime command line
+//! (shared/DESIGN.md, "Names"). A thin front end over
+//! `atoll_runtime::oci`: it parses runc's flags, runs one lifecycle step
+//! and, on failure, prints the error chain as runc does (logrus text on
+//! stderr, and to `--log` in `--log-format` text or json, where
+//! containerd reads it) and exits 1.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use atoll_runtime::oci::lifecycle::{self, CreateOptions};
+use atoll_runtime::oci::state::rfc3339_now;
+use atoll_runtime::oci::{StateRoot, DEFAULT_ROOT};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atoll-runtime",
+    version,
+    about = "Atoll's OCI runtime (runc-compatible command line)"
+)]
+struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Append errors to this file (engines read it).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of --log.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// systemd cgroup driver: not supported (refused).
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility (`auto`, `true`, `false`).
+    #[arg(long, global = true, hide = true)]
+    rootless: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// The bundle directory (config.json and the rootfs).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the container's init pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// A unix socket to receive the pty master (process.terminal).
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Accepted; pivot_root is always used.
+    #[arg(long)]
+    no_pivot: bool,
+    /// Accepted; no session keyring is made.
+    #[arg(long)]
+    no_new_keyring: bool,
+    /// Extra fds to pass (only 0 is supported).
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    /// The container id.
+    id: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a container: set up everything, hold before the user program.
+    Create(CreateArgs),
+    /// Start a created container's user program.
+    Start { id: String },
+    /// Print a container's OCI state as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container's init.
+    Kill {
+        /// Signal every process in the container's cgroup.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Remove a stopped container (--force: kill it first).
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Create and start a container; wait for it unless --detach.
+    Run {
+        #[arg(short, long)]
+        detach: bool,
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// List containers.
+    #[command(alias = "ps")]
+    List {
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
+    if args.preserve_fds != 0 {
+        bail!("--preserve-fds is not supported");
+    }
+    Ok(CreateOptions {
+        bundle: args.bundle.clone(),
+        pid_file: args.pid_file.clone(),
+        console_socket: args.console_socket.clone(),
+    })
+}
+
+/// Runs the command; `Ok(code)` is the exit code.
+fn run(cli: &Cli) -> anyhow::Result<i32> {
+    if cli.systemd_cgroup {
+        bail!("--systemd-cgroup is not supported: atoll-runtime manages cgroup v2 directly (cgroupfs)");
+    }
+    let root = StateRoot::new(&cli.root);
+    match &cli.command {
+        Command::Create(args) => {
+            lifecycle::create(&root, &args.id, &create_options(args)?)?;
+        }
+        Command::Start { id } => lifecycle::start(&root, id)?,
+        Command::State { id } => {
+            let state = lifecycle::state(&root, id)?;
+            let json = serde_json::to_string_pretty(&state).context("encoding the state")?;
+            println!("{json}");
+        }
+        Command::Kill { all, id, signal } => {
+            let sig = lifecycle::parse_signal(signal)?;
+            lifecycle::kill(&root, id, sig, *all)?;
+        }
+        Command::Delete { force, id } => lifecycle::delete(&root, id, *force)?,
+        Command::Run { detach, create } => {
+            let (_, mut container) =
+                lifecycle::create(&root, &create.id, &create_options(create)?)?;
+            if let Err(e) = lifecycle::start(&root, &create.id) {
+                let _ = lifecycle::delete(&root, &create.id, true);
+                return Err(e.into());
+            }
+            if *detach {
+                return Ok(0);
+            }
+            let status = container.wait().context("waiting for the container")?;
+            lifecycle::delete(&root, &create.id, true)?;
+            return Ok(status.code());
+        }
+        Command::List { format, quiet } => {
+            let states = lifecycle::list(&root)?;
+            if *quiet {
+                for s in &states {
+                    println!("{}", s.id);
+                }
+            } else if *format == ListFormat::Json {
+                println!("{}", serde_json::to_string(&states).context("encoding")?);
+            } else {
+                println!("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER");
+                for s in &states {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created,
+                        if s.owner.is_empty() { "root" } else { &s.owner }
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The error and its causes, joined with ": ".
+fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Report an error as runc does: logrus text on stderr, and the chosen
+/// format in the log file.
+fn report(cli: &Cli, err: &anyhow::Error) {
+    let msg = chain(err);
+    let time = rfc3339_now();
+    let text = format!("time={time:?} level=error msg={msg:?}\n");
+    let _ = std::io::stderr().write_all(text.as_bytes());
+    if let Some(path) = &cli.log {
+        let line = match cli.log_format {
+            LogFormat::Text => text,
+            LogFormat::Json => format!(
+                "{}\n",
+                serde_json::json!({"level": "error", "msg": msg, "time": time})
+            ),
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = cli.debug;
+    match run(&cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            report(&cli, &e);
+            std::process::exit(1);
+        }
+    }
+}
