@@ -20,9 +20,10 @@
 //!   subset, built from an image config by Docker's rules), overlay
 //!   rootfs and pivot_root, namespaces, cgroup v2 limits, capabilities,
 //!   no_new_privs and a default seccomp filter.
+//! - [`oci`]: the runc-compatible OCI lifecycle (create, start, state,
+//!   kill, delete on a bundle) behind the `atoll-runtime` binary.
 //!
-//! Not built yet: bridge networking, pods, supervision and the
-//! runc-compatible command line.
+//! Not built yet: bridge networking, pods and supervision.
 
 pub mod digest;
 pub mod import;
