@@ -324,3 +324,76 @@ fn same_as_runc() {
         "state JSON keys: atoll-runtime vs runc"
     );
 }
+
+#[test]
+fn terminal_over_console_socket() {
+    require_root!();
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("state");
+    let bundle = bundle(dir.path());
+    let config = bundle.join("config.json");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    json["process"]["terminal"] = serde_json::json!(true);
+    json["process"]["args"] = serde_json::json!([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo on-a-tty; /bin/busybox sleep 1"
+    ]);
+    std::fs::write(&config, json.to_string()).expect("config");
+    let b = bundle.to_str().expect("utf-8");
+    // Without a socket it is refused, as runc does.
+    assert_eq!(cli(ATOLL, &root, &["create", "-b", b, "t0"]).code, 1);
+    let sock = dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .expect("recvmsg");
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().expect("cmsgs") {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(r) = c {
+                fds.extend(r);
+            }
+        }
+        assert_eq!(fds.len(), 1, "one fd over SCM_RIGHTS");
+        // SAFETY: the fd just arrived over SCM_RIGHTS and is ours alone.
+        unsafe { OwnedFd::from_raw_fd(fds[0]) }
+    });
+    let s = sock.to_str().expect("utf-8");
+    let out = cli(
+        ATOLL,
+        &root,
+        &["create", "-b", b, "--console-socket", s, "t1"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let master = receiver.join().expect("receiver");
+    assert_eq!(cli(ATOLL, &root, &["start", "t1"]).code, 0);
+    let mut got = Vec::new();
+    let mut f = std::fs::File::from(master);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("on-a-tty") && Instant::now() < deadline {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&got).contains("on-a-tty"),
+        "pty output: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(cli(ATOLL, &root, &["delete", "-f", "t1"]).code, 0);
+}

@@ -9,7 +9,7 @@
 //!   subreaper or init, as runc's is.
 //! - [`start`]: opens the FIFO for reading (the init's open returns, it
 //!   writes a byte and execs the user program), removes the FIFO.
-//! - [`state`]: `creating` while create runs, `created` while the FIFO
+//! - [`state()`]: `creating` while create runs, `created` while the FIFO
 //!   exists, `running` while the init lives, `stopped` after (also when
 //!   the pid was reused: the init's start time is kept and compared).
 //! - [`kill`]: a signal to the init (or, `--all`, every process in its
