@@ -576,8 +576,13 @@ fn container_init(p: &Prepared, stdio: Stdio, err_w: &OwnedFd) -> Result<Never, 
             },
         )
         .map_err(|e| format!("capset: {e}"))?;
+        // The kernel raises an ambient capability only when it is both
+        // permitted and inheritable; runc only warns about the others (its
+        // default config.json lists ambient capabilities that are not
+        // inheritable), so they are left out here the same way.
+        let raisable = ambient & permitted & inheritable;
         for (n, name) in ALL_CAPABILITIES.iter().enumerate() {
-            if ambient & (1 << n) != 0 {
+            if raisable & (1 << n) != 0 {
                 rustix::thread::configure_capability_in_ambient_set(
                     CapabilitySet::from_bits_retain(1 << n),
                     true,
