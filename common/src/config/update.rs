@@ -56,9 +56,12 @@ impl Update {
 pub enum UpdateStrategy {
     /// Install and reboot as soon as an update is found.
     Immediate,
-    /// Download when found; install and reboot inside `[update.window]`.
+    /// Install when found; reboot when `[update.window]` opens (the
+    /// issue's maintenance window: only the reboot waits for it).
     Window,
-    /// Never update.
+    /// No reboot by the agent: an update found is installed and takes
+    /// effect at the next reboot, whoever makes it (with no `server`,
+    /// nothing is checked at all).
     Off,
 }
 
