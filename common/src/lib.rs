@@ -13,6 +13,7 @@ pub mod bootstate;
 pub mod config;
 pub mod grubenv;
 pub mod layout;
+pub mod time;
 
 /// The Atoll version, the same for every binary of one build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
