@@ -26,11 +26,15 @@
 //! Not built yet: bridge networking, pods and supervision.
 
 pub mod digest;
+pub mod health;
 pub mod import;
 pub mod manifest;
+pub mod network;
 pub mod oci;
+#[cfg(feature = "pull")]
 pub mod pull;
 pub mod reference;
+#[cfg(feature = "pull")]
 pub mod registry;
 pub mod run;
 pub mod store;

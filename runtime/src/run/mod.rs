@@ -21,6 +21,7 @@
 //! joining existing namespaces.
 
 pub mod cgroup;
+pub mod exec;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

@@ -1,0 +1,1 @@
+//! Healthchecks (in progress).

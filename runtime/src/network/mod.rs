@@ -1,0 +1,1 @@
+//! Bridge networking for containers (in progress).

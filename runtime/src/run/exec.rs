@@ -1,0 +1,1 @@
+//! Running a process in a running container (in progress).
