@@ -39,3 +39,4 @@ pub mod registry;
 pub mod run;
 pub mod store;
 pub mod unpack;
+pub mod workload;
