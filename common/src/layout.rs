@@ -110,6 +110,14 @@ pub const SLOT_INITRD: &str = "/boot/initrd.img";
 /// The stage-2 PID 1 that stage 1 executes after switching root.
 pub const SLOT_INIT: &str = "/usr/lib/atoll/init";
 pub const SLOT_ATOLLCTL: &str = "/usr/bin/atollctl";
+/// The OCI runtime command line; PID 1 also runs it for registry pulls.
+pub const SLOT_RUNTIME: &str = "/usr/bin/atoll-runtime";
+/// Images shipped in the slot (OCI archives) and their index, `images.json`.
+pub const SLOT_PRELOADED_IMAGES: &str = "/usr/share/atoll/images";
+/// The container image store on DATA.
+pub const VAR_IMAGES: &str = "/var/lib/atoll/images";
+/// Per-container state (overlay upper and work dirs) on DATA.
+pub const VAR_CONTAINERS: &str = "/var/lib/atoll/containers";
 /// Kernel modules live in `/usr/lib/modules/<kernel version>/`.
 pub const SLOT_MODULES: &str = "/usr/lib/modules";
 /// `KEY=value` lines describing the build (VERSION, KERNEL, BUILD_ID).

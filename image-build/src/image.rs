@@ -81,6 +81,11 @@ pub struct DiskOptions {
     /// The init binary (PID 1, both stages).
     pub init: PathBuf,
     pub atollctl: PathBuf,
+    /// The atoll-runtime binary (OCI runtime CLI, registry pulls).
+    pub runtime: PathBuf,
+    /// A static busybox, made into the preloaded image
+    /// `localhost/atoll/busybox` (Debian package busybox-static).
+    pub busybox: PathBuf,
     /// mke2fs from the build host, shipped in the slot.
     pub mke2fs: PathBuf,
     /// The update root of trust (a keys directory's root.json), shipped
@@ -201,6 +206,12 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
     const BINARY_HINT: &str = " (build it with `cargo build --release -p atoll-init`)";
     require("init binary", &opts.init, BINARY_HINT)?;
     require("atollctl binary", &opts.atollctl, BINARY_HINT)?;
+    require(
+        "atoll-runtime binary",
+        &opts.runtime,
+        " (build it with `cargo build --release -p atoll-runtime`)",
+    )?;
+    require("busybox", &opts.busybox, " (Debian package busybox-static)")?;
     require("mke2fs", &opts.mke2fs, " (Debian package e2fsprogs)")?;
     require(
         "update root of trust",
@@ -278,6 +289,8 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
             &slot::RootfsInputs {
                 init: &opts.init,
                 atollctl: &opts.atollctl,
+                runtime: &opts.runtime,
+                busybox: &opts.busybox,
                 mke2fs: &opts.mke2fs,
                 vmlinuz: &kernel.vmlinuz,
                 initrd: &initrd,
@@ -285,7 +298,7 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
                 update_root: &update_root_bytes,
             },
         )?;
-        let libs = SharedLibs::of(&[&opts.init, &opts.atollctl, &opts.mke2fs])?;
+        let libs = SharedLibs::of(&[&opts.init, &opts.atollctl, &opts.runtime, &opts.mke2fs])?;
         libs.install(&rootfs)?;
         let n = kmods.install(modules::SLOT_MODULES, rootfs.root())?;
         let id = slot::finish_rootfs(&rootfs, &kernel.release)?;
@@ -461,6 +474,8 @@ mod tests {
             cache: std::env::temp_dir(),
             init: PathBuf::from("/nonexistent/init"),
             atollctl: PathBuf::from("/nonexistent/atollctl"),
+            runtime: PathBuf::from("/nonexistent/atoll-runtime"),
+            busybox: PathBuf::from("/bin/busybox"),
             mke2fs: PathBuf::from("/usr/sbin/mke2fs"),
             update_root: PathBuf::from("/nonexistent/root.json"),
             qcow2: false,
@@ -483,6 +498,8 @@ mod tests {
             cache: tmp.path().join("cache"),
             init: binary.clone(),
             atollctl: binary.clone(),
+            runtime: binary.clone(),
+            busybox: PathBuf::from("/bin/busybox"),
             mke2fs: binary,
             update_root: tmp.path().join("missing.json"),
             qcow2: false,

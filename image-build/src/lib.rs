@@ -38,6 +38,7 @@ pub mod kernel;
 pub mod keys;
 pub mod libs;
 pub mod modules;
+pub mod ociimage;
 pub mod release;
 pub mod slot;
 pub mod tool;

@@ -41,6 +41,12 @@ enum Cmd {
         /// The atollctl binary.
         #[arg(long, default_value = "target/release/atollctl")]
         atollctl: PathBuf,
+        /// The atoll-runtime binary.
+        #[arg(long, default_value = "target/release/atoll-runtime")]
+        runtime: PathBuf,
+        /// The static busybox made into the preloaded image localhost/atoll/busybox.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
         /// mke2fs to ship in the slot (with its libraries).
         #[arg(long, default_value = "/usr/sbin/mke2fs")]
         mke2fs: PathBuf,
@@ -52,6 +58,25 @@ enum Cmd {
         /// Also write OUT/atoll.qcow2.
         #[arg(long)]
         qcow2: bool,
+    },
+    /// Write an OCI archive of a one-layer busybox image (the preloaded
+    /// image's recipe; qemu-tests use it for their test images).
+    OciImage {
+        /// Image name with tag.
+        #[arg(long, default_value = image_build::ociimage::PRELOADED_NAME)]
+        name: String,
+        /// The static busybox binary.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// The image's Cmd (repeat for each word) [default: sh].
+        #[arg(long = "cmd", value_name = "WORD")]
+        cmd: Vec<String>,
+        /// Exposed ports (`80/tcp`).
+        #[arg(long = "expose", value_name = "PORT/PROTO")]
+        expose: Vec<String>,
+        /// The archive to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Make sure the pinned kernel package (image-build/kernel.toml) is cached.
     FetchKernel {
@@ -172,11 +197,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{} ({how}, sha256 verified)", deb.display());
         }
+        Cmd::OciImage {
+            name,
+            busybox,
+            cmd,
+            expose,
+            out,
+        } => {
+            let mut opts = image_build::ociimage::ImageOptions::busybox(&name);
+            if !cmd.is_empty() {
+                opts.cmd = cmd;
+            }
+            opts.exposed = expose;
+            let w = image_build::ociimage::write_busybox_archive(&busybox, &opts, &out)?;
+            println!("{} {} {}", out.display(), w.name, w.manifest_digest);
+        }
         Cmd::Disk {
             out,
             cache,
             init,
             atollctl,
+            runtime,
+            busybox,
             mke2fs,
             update_root,
             qcow2,
@@ -191,6 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: out.clone(),
                 init: at(&init),
                 atollctl: at(&atollctl),
+                runtime: at(&runtime),
+                busybox,
                 mke2fs,
                 update_root,
                 qcow2,

@@ -22,6 +22,7 @@ use atoll_updater::metadata::SHIPPED_ROOT;
 use sha2::{Digest, Sha256};
 
 use crate::ids;
+use crate::ociimage::{self, OciImageError};
 use crate::tool::{self, ToolError};
 use crate::tree::{Kind, Tree, TreeError};
 
@@ -49,6 +50,8 @@ pub enum SlotError {
     Tree(#[from] TreeError),
     #[error(transparent)]
     Tool(#[from] ToolError),
+    #[error("preloaded image: {0}")]
+    Image(#[from] OciImageError),
     #[error("{path}: not a gzip squashfs image ({reason})")]
     Squashfs { path: PathBuf, reason: String },
     #[error("the slot's first data block is not the start of {init}: {reason}; the -sort file no longer puts init first")]
@@ -73,6 +76,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SlotError + '_ {
 pub struct RootfsInputs<'a> {
     pub init: &'a Path,
     pub atollctl: &'a Path,
+    pub runtime: &'a Path,
+    /// Made into the preloaded image (see [`crate::ociimage`]).
+    pub busybox: &'a Path,
     pub mke2fs: &'a Path,
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
@@ -88,7 +94,21 @@ pub fn populate(tree: &Tree, inp: &RootfsInputs<'_>) -> Result<(), SlotError> {
     tree.merged_usr()?;
     tree.copy(layout::SLOT_INIT, inp.init, 0o755)?;
     tree.copy(layout::SLOT_ATOLLCTL, inp.atollctl, 0o755)?;
+    tree.copy(layout::SLOT_RUNTIME, inp.runtime, 0o755)?;
     tree.copy("usr/sbin/mke2fs", inp.mke2fs, 0o755)?;
+    let images = layout::SLOT_PRELOADED_IMAGES.trim_start_matches('/');
+    tree.dir(images)?;
+    let archive = tree.path(&format!("{images}/busybox.tar"));
+    let written = ociimage::write_busybox_archive(
+        inp.busybox,
+        &ociimage::ImageOptions::busybox(ociimage::PRELOADED_NAME),
+        &archive,
+    )?;
+    tree.file(
+        &format!("{images}/images.json"),
+        ociimage::preloaded_index(&[(written, "busybox.tar".to_string())]).as_bytes(),
+        0o644,
+    )?;
     tree.copy(layout::SLOT_KERNEL, inp.vmlinuz, 0o644)?;
     tree.copy(layout::SLOT_INITRD, inp.initrd, 0o644)?;
     tree.file(SHIPPED_ROOT, inp.update_root, 0o644)?;
