@@ -285,11 +285,17 @@ impl Endpoint {
 
     /// The registry `reference` names (over HTTP when it is a loopback one).
     pub fn registry(reference: &Reference) -> Self {
-        let scheme = if is_loopback(reference.api_host()) {
-            "http"
-        } else {
-            "https"
-        };
+        Self::registry_with(reference, &[])
+    }
+
+    /// The registry `reference` names, over plain HTTP when it is a
+    /// loopback one or listed in `insecure` (`[registries] insecure`).
+    pub fn registry_with(reference: &Reference, insecure: &[String]) -> Self {
+        let plain = is_loopback(reference.api_host())
+            || insecure
+                .iter()
+                .any(|h| h == reference.registry() || h == reference.api_host());
+        let scheme = if plain { "http" } else { "https" };
         Self {
             base: format!("{scheme}://{}", reference.api_host()),
             host: reference.registry().to_owned(),
@@ -329,7 +335,7 @@ pub fn endpoints(reference: &Reference, config: &Registries) -> Vec<Endpoint> {
             Err(e) => log::warn!("skipping mirror: {e}"),
         }
     }
-    out.push(Endpoint::registry(reference));
+    out.push(Endpoint::registry_with(reference, &config.insecure));
     out
 }
 
@@ -950,6 +956,7 @@ mod tests {
                     token: None,
                 })
                 .collect(),
+            insecure: Vec::new(),
         }
     }
 
@@ -1044,6 +1051,23 @@ mod tests {
         ] {
             assert!(!is_loopback(h), "{h}");
         }
+    }
+
+    #[test]
+    fn insecure_registries_over_plain_http() {
+        let r = Reference::parse("10.0.2.100:5000/app:1").unwrap();
+        let mut c = Registries::default();
+        assert_eq!(
+            endpoints(&r, &c)[0].ping_url(),
+            "https://10.0.2.100:5000/v2/"
+        );
+        c.insecure = vec!["10.0.2.100:5000".into()];
+        assert_eq!(
+            endpoints(&r, &c)[0].ping_url(),
+            "http://10.0.2.100:5000/v2/"
+        );
+        let other = Reference::parse("10.0.2.100:5001/app:1").unwrap();
+        assert!(endpoints(&other, &c)[0].ping_url().starts_with("https://"));
     }
 
     #[test]

@@ -386,6 +386,7 @@ fn config() -> impl Strategy<Value = Config> {
                                 token: token.then(|| format!("t{secret}")),
                             })
                             .collect(),
+                        insecure: vec!["10.0.2.100:5000".to_string()],
                     },
                     sysctl,
                     update,

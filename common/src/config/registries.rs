@@ -18,6 +18,10 @@ pub struct Registries {
     /// registry itself.
     pub mirrors: BTreeMap<String, Vec<String>>,
     pub credentials: Vec<Credential>,
+    /// Registries (`host[:port]`) spoken to over plain HTTP, as Docker's
+    /// `insecure-registries`; loopback ones always are. Credentials are
+    /// never sent to them.
+    pub insecure: Vec<String>,
 }
 
 /// `[[registries.credentials]]`: `{ registry, username, password }` or
@@ -65,6 +69,14 @@ impl Registries {
                         format!("invalid value: string {url:?}, expected a mirror URL ({e})"),
                     ));
                 }
+            }
+        }
+        for (i, host) in self.insecure.iter().enumerate() {
+            if let Err(e) = check_registry_host(host) {
+                errors.push(ValidationError::new(
+                    path.key("insecure").index(i),
+                    format!("invalid registry host {host:?}: {e}"),
+                ));
             }
         }
         let mut seen: Vec<&str> = Vec::new();
