@@ -6,12 +6,16 @@
 //! containerd reads it) and exits 1.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use atoll_runtime::manifest::Platform;
 use atoll_runtime::oci::lifecycle::{self, CreateOptions};
 use atoll_runtime::oci::state::rfc3339_now;
 use atoll_runtime::oci::{StateRoot, DEFAULT_ROOT};
+use atoll_runtime::pull::Progress;
+use atoll_runtime::reference::Reference;
+use atoll_runtime::store::Store;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -103,6 +107,29 @@ enum Command {
         #[command(flatten)]
         create: CreateArgs,
     },
+    /// Pull an image from its registry into the image store (not a runc
+    /// command: PID 1 runs it for the config's containers, so the TLS
+    /// stack never runs as PID 1). Prints progress, then the manifest digest.
+    Pull {
+        /// The image store.
+        #[arg(long, default_value = atoll_common::layout::VAR_IMAGES)]
+        store: PathBuf,
+        /// The host config whose [registries] (mirrors, credentials,
+        /// insecure) apply [default: none].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The image reference (`nginx:1.27`, `registry:5000/app@sha256:…`).
+        reference: String,
+    },
+    /// Import the images of an OCI archive or `docker save` tar into the store.
+    Import {
+        #[arg(long, default_value = atoll_common::layout::VAR_IMAGES)]
+        store: PathBuf,
+        /// Name for an image the archive leaves unnamed.
+        #[arg(long)]
+        name: Option<String>,
+        archive: PathBuf,
+    },
     /// List containers.
     #[command(alias = "ps")]
     List {
@@ -166,6 +193,35 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             lifecycle::delete(&root, &create.id, true)?;
             return Ok(status.code());
         }
+        Command::Pull {
+            store,
+            config,
+            reference,
+        } => pull(store, config.as_deref(), reference)?,
+        Command::Import {
+            store,
+            name,
+            archive,
+        } => {
+            let store = Store::open(store).context("opening the image store")?;
+            let name = name
+                .as_deref()
+                .map(Reference::parse)
+                .transpose()
+                .context("--name")?;
+            let file = std::fs::File::open(archive)
+                .with_context(|| format!("opening {}", archive.display()))?;
+            let names = atoll_runtime::import::import_archive(
+                &store,
+                std::io::BufReader::new(file),
+                name.as_ref(),
+                &Platform::default(),
+            )
+            .with_context(|| format!("importing {}", archive.display()))?;
+            for n in names {
+                println!("{n}");
+            }
+        }
         Command::List { format, quiet } => {
             let states = lifecycle::list(&root)?;
             if *quiet {
@@ -191,6 +247,56 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `pull`: progress on stdout, one line per event worth a line.
+fn pull(store: &Path, config: Option<&Path>, reference: &str) -> anyhow::Result<()> {
+    let registries = match config {
+        Some(path) => {
+            atoll_common::config::validate_file(path)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .registries
+        }
+        None => Default::default(),
+    };
+    let reference = Reference::parse(reference).context("image reference")?;
+    let store = Store::open(store).context("opening the image store")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let name = reference.to_string();
+    let progress = |p: &Progress| match p {
+        Progress::Resolved {
+            manifest,
+            layers,
+            size,
+        } => println!("{name}: {manifest}, {layers} layers, {size} bytes"),
+        Progress::LayerDone {
+            digest,
+            size,
+            cached,
+        } => println!(
+            "{name}: layer {digest} {size} bytes{}",
+            if *cached {
+                " (already in the store)"
+            } else {
+                ""
+            }
+        ),
+        Progress::Layer { .. } | Progress::Archive { .. } => {}
+    };
+    let digest = rt
+        .block_on(atoll_runtime::pull::pull(
+            &store,
+            &reference,
+            &registries,
+            &Platform::default(),
+            &progress,
+        ))
+        .with_context(|| format!("pulling {name}"))?;
+    println!("{name}: pulled {digest}");
+    Ok(())
 }
 
 /// The error and its causes, joined with ": ".
