@@ -340,3 +340,118 @@ fn exit_code_kill_and_setup_errors() {
     let err = process::start(&spec, &source, None, Stdio::default()).expect_err("must fail");
     assert!(err.to_string().contains("no-such-program"), "{err}");
 }
+
+#[test]
+fn pod_shares_net_ipc_and_uts_namespaces() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layers = vec![busybox_layer(dir.path())];
+    let etc = EtcFiles::from_layers(&layers);
+    let sh = |script: &str, hostname: Option<&str>, root: &Path| {
+        let overrides = Overrides {
+            cmd: Some(vec![
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+            ]),
+            hostname: hostname.map(str::to_string),
+            ..Default::default()
+        };
+        Spec::from_image(&image(&["/bin/sh"]), &overrides, &etc, root).expect("spec")
+    };
+    let captured = || {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let w2 = w.try_clone().expect("dup");
+        (
+            r,
+            Stdio {
+                stdin: None,
+                stdout: Some(w),
+                stderr: Some(w2),
+            },
+        )
+    };
+    let read_all = |fd: std::os::fd::OwnedFd| {
+        let mut s = String::new();
+        std::fs::File::from(fd)
+            .read_to_string(&mut s)
+            .expect("read output");
+        s
+    };
+
+    // The pod's first container: its own namespaces, a listener on 8080.
+    let (source_a, root_a) =
+        RootfsSource::overlay_in(layers.clone(), &dir.path().join("a")).expect("state a");
+    let spec_a = sh("/bin/busybox nc -l -p 8080", Some("pod-host"), &root_a);
+    let (out_a, stdio_a) = captured();
+    let mut a = process::start(&spec_a, &source_a, None, stdio_a).expect("start a");
+
+    // The second joins its net, ipc and uts namespaces by path, keeps its
+    // own mount and pid namespaces, and talks to the first over loopback.
+    let (source_b, root_b) =
+        RootfsSource::overlay_in(layers, &dir.path().join("b")).expect("state b");
+    let mut spec_b = sh(
+        "hostname; for n in net ipc uts pid; do readlink /proc/self/ns/$n; done; \
+         for i in $(/bin/busybox seq 1 50); do \
+           echo hello-from-b | /bin/busybox nc 127.0.0.1 8080 && exit 0; /bin/busybox sleep 0.1; \
+         done; exit 1",
+        None,
+        &root_b,
+    );
+    use atoll_runtime::run::spec::NamespaceType;
+    for ns in &mut spec_b.linux.namespaces {
+        let name = match ns.kind {
+            NamespaceType::Network => "net",
+            NamespaceType::Ipc => "ipc",
+            NamespaceType::Uts => "uts",
+            _ => continue,
+        };
+        ns.path = Some(format!("/proc/{}/ns/{name}", a.pid()).into());
+    }
+    let (out_b, stdio_b) = captured();
+    let mut b = process::start(&spec_b, &source_b, None, stdio_b).expect("start b");
+    let link = |pid: i32, ns: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+            .expect("ns link")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let a_links: Vec<String> = ["net", "ipc", "uts", "pid"]
+        .iter()
+        .map(|ns| link(a.pid(), ns))
+        .collect();
+    let status_b = b.wait().expect("wait b");
+    let text_b = read_all(out_b);
+    assert_eq!(status_b, ExitStatus::Exited(0), "b: {text_b}");
+    let status_a = a.wait().expect("wait a");
+    let text_a = read_all(out_a);
+    assert_eq!(status_a, ExitStatus::Exited(0), "a: {text_a}");
+    assert_eq!(text_a, "hello-from-b\n");
+    let lines: Vec<&str> = text_b.lines().collect();
+    assert_eq!(lines[0], "pod-host", "{text_b}");
+    assert_eq!(lines[1..4], a_links[..3], "net, ipc, uts shared: {text_b}");
+    assert_ne!(lines[4], a_links[3], "pid not shared: {text_b}");
+}
+
+#[test]
+fn joining_a_missing_namespace_fails_before_the_fork() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layers = vec![busybox_layer(dir.path())];
+    let etc = EtcFiles::from_layers(&layers);
+    let (source, root) =
+        RootfsSource::overlay_in(layers, &dir.path().join("state")).expect("state");
+    let mut spec =
+        Spec::from_image(&image(&["/bin/sh"]), &Overrides::default(), &etc, &root).expect("spec");
+    for ns in &mut spec.linux.namespaces {
+        if ns.kind == atoll_runtime::run::spec::NamespaceType::Network {
+            ns.path = Some("/proc/no-such-pid/ns/net".into());
+        }
+    }
+    let err = process::start(&spec, &source, None, Stdio::default()).expect_err("must fail");
+    assert!(
+        matches!(err, process::ProcessError::OpenNamespace(..)),
+        "{err}"
+    );
+}

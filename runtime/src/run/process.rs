@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! caller ──fork──▶ setup process (single-threaded from here on)
+//!   │                setns into the namespaces given by path (user first)
 //!   │                unshare(NEWUSER) if asked ──"U"──▶ caller writes uid/gid maps
 //!   │                (caller moves it into the cgroup) ◀──"G"──
 //!   │                unshare(NEWNS|NEWPID|NEWIPC|NEWUTS|NEWNET|NEWCGROUP)
@@ -23,6 +24,14 @@
 //! with rustix's `capset`/`prctl` wrappers (already a dependency, and
 //! enough for bounding, ambient and the three sets: the `caps` crate would
 //! add a dependency for the same calls).
+//!
+//! Joining namespaces (pods): a namespace in the spec with a `path` (e.g.
+//! `/proc/PID/ns/net` of the pod's first container) is opened before the
+//! fork and joined with setns in the setup process, the user namespace
+//! first, before any new namespace is unshared (runc's order), so several
+//! containers can share network, IPC and UTS namespaces. A joined UTS or
+//! network namespace is left as it is (no hostname, no `lo` up): its
+//! owner set it up.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -42,7 +51,9 @@ use seccompiler::BpfProgram;
 use super::cgroup::{Cgroup, CgroupError};
 use super::rootfs::{self, RootfsSource};
 use super::seccomp::{self, SeccompError};
-use super::spec::{capability_mask, NamespaceType, Spec, SpecError, ALL_CAPABILITIES};
+use super::spec::{
+    capability_mask, Capabilities, NamespaceType, Spec, SpecError, User, ALL_CAPABILITIES,
+};
 use super::sys::LinuxMounts;
 
 /// Errors starting or managing a container process.
@@ -58,8 +69,8 @@ pub enum ProcessError {
     Nul(String),
     #[error("the spec has no args")]
     NoArgs,
-    #[error("joining namespaces by path is not supported ({0:?})")]
-    JoinNamespace(PathBuf),
+    #[error("opening the namespace {0:?} to join")]
+    OpenNamespace(PathBuf, #[source] Errno),
     #[error("creating a pipe")]
     Pipe(#[source] Errno),
     #[error("forking the setup process")]
@@ -137,6 +148,12 @@ pub struct Container {
 }
 
 impl Container {
+    /// A running child process of the caller (the exec'd process of
+    /// [`super::exec`]).
+    pub(super) fn from_child(pid: Pid) -> Self {
+        Container { pid, status: None }
+    }
+
     /// The init's pid as the caller sees it.
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
@@ -195,15 +212,148 @@ struct Prepared<'a> {
     rootfs: &'a RootfsSource,
     flags: CloneFlags,
     user_ns: bool,
-    seccomp: Vec<BpfProgram>,
-    caps: Option<[u64; 5]>,
-    rlimits: Vec<(Resource, u64, u64)>,
+    /// Namespaces to join, opened before the fork; the user one first.
+    join: Vec<(CloneFlags, OwnedFd)>,
+    privileges: Privileges,
     args: Vec<CString>,
     env: Vec<CString>,
     options: StartOptions,
 }
 
-fn cstring(s: &str) -> Result<CString, ProcessError> {
+/// What the process may do once it runs the user's program, prepared
+/// before the fork: the same for the container's init and for a process
+/// exec'd into the container ([`super::exec`]).
+pub(super) struct Privileges {
+    /// bounding, effective, permitted, inheritable, ambient.
+    caps: Option<[u64; 5]>,
+    rlimits: Vec<(Resource, u64, u64)>,
+    seccomp: Vec<BpfProgram>,
+    no_new_privileges: bool,
+    user: User,
+}
+
+impl Privileges {
+    pub(super) fn prepare(
+        caps: Option<&Capabilities>,
+        rlimits: &[super::spec::Rlimit],
+        seccomp: Option<&seccomp::Seccomp>,
+        no_new_privileges: bool,
+        user: &User,
+    ) -> Result<Self, ProcessError> {
+        let seccomp = match seccomp {
+            Some(profile) => seccomp::compile(profile)?,
+            None => Vec::new(),
+        };
+        let caps = match caps {
+            Some(c) => Some([
+                capability_mask(&c.bounding)?,
+                capability_mask(&c.effective)?,
+                capability_mask(&c.permitted)?,
+                capability_mask(&c.inheritable)?,
+                capability_mask(&c.ambient)?,
+            ]),
+            None => None,
+        };
+        let rlimits = rlimits
+            .iter()
+            .map(|r| {
+                rlimit_resource(&r.kind)
+                    .map(|res| (res, r.soft, r.hard))
+                    .ok_or_else(|| ProcessError::Rlimit(r.kind.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Privileges {
+            caps,
+            rlimits,
+            seccomp,
+            no_new_privileges,
+            user: user.clone(),
+        })
+    }
+
+    /// In the (single-threaded) child, after the namespaces and the root:
+    /// rlimits, the bounding set, groups/gid/uid, the capability sets and
+    /// ambient capabilities, chdir to `cwd`, no_new_privs and the seccomp
+    /// filter (before dropping capabilities when no_new_privs is off).
+    pub(super) fn apply(&self, cwd: &Path) -> Result<(), String> {
+        for (res, soft, hard) in &self.rlimits {
+            rustix::process::setrlimit(
+                *res,
+                Rlimit {
+                    current: Some(*soft),
+                    maximum: Some(*hard),
+                },
+            )
+            .map_err(|e| format!("setrlimit({res:?}): {e}"))?;
+        }
+        let nnp = self.no_new_privileges;
+        if !nnp {
+            // Without no_new_privs loading a filter needs CAP_SYS_ADMIN: do it
+            // while we still have it.
+            seccomp::apply(&self.seccomp).map_err(|e| error_chain(&e))?;
+        }
+        if let Some([bounding, ..]) = self.caps {
+            for (n, name) in ALL_CAPABILITIES.iter().enumerate() {
+                if bounding & (1 << n) == 0 {
+                    match rustix::thread::remove_capability_from_bounding_set(
+                        CapabilitySet::from_bits_retain(1 << n),
+                    ) {
+                        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+                        Err(e) => {
+                            return Err(format!("dropping {name} from the bounding set: {e}"))
+                        }
+                    }
+                }
+            }
+        }
+        rustix::thread::set_keep_capabilities(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
+        let user = &self.user;
+        let groups: Vec<Gid> = user
+            .additional_gids
+            .iter()
+            .map(|g| Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups({groups:?}): {e}"))?;
+        let gid = Gid::from_raw(user.gid);
+        nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
+        let uid = Uid::from_raw(user.uid);
+        nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))?;
+        if let Some([_, effective, permitted, inheritable, ambient]) = self.caps {
+            rustix::thread::set_capabilities(
+                None,
+                CapabilitySets {
+                    effective: CapabilitySet::from_bits_retain(effective),
+                    permitted: CapabilitySet::from_bits_retain(permitted),
+                    inheritable: CapabilitySet::from_bits_retain(inheritable),
+                },
+            )
+            .map_err(|e| format!("capset: {e}"))?;
+            // The kernel raises an ambient capability only when it is both
+            // permitted and inheritable; runc only warns about the others (its
+            // default config.json lists ambient capabilities that are not
+            // inheritable), so they are left out here the same way.
+            let raisable = ambient & permitted & inheritable;
+            for (n, name) in ALL_CAPABILITIES.iter().enumerate() {
+                if raisable & (1 << n) != 0 {
+                    rustix::thread::configure_capability_in_ambient_set(
+                        CapabilitySet::from_bits_retain(1 << n),
+                        true,
+                    )
+                    .map_err(|e| format!("raising ambient {name}: {e}"))?;
+                }
+            }
+        }
+        nix::unistd::chdir(cwd).map_err(|e| format!("chdir({cwd:?}): {e}"))?;
+        if nnp {
+            rustix::thread::set_no_new_privs(true)
+                .map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
+            seccomp::apply(&self.seccomp).map_err(|e| error_chain(&e))?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn cstring(s: &str) -> Result<CString, ProcessError> {
     CString::new(s).map_err(|_| ProcessError::Nul(s.to_string()))
 }
 
@@ -229,26 +379,59 @@ fn rlimit_resource(name: &str) -> Option<Resource> {
     })
 }
 
-/// The clone flags for the spec's namespaces (user excluded: it is
-/// unshared first, on its own).
+/// The clone flag of a namespace type.
+pub fn namespace_flag(kind: NamespaceType) -> CloneFlags {
+    match kind {
+        NamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        NamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        NamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        NamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        NamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        NamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        NamespaceType::User => CloneFlags::CLONE_NEWUSER,
+    }
+}
+
+/// The clone flags for the spec's new namespaces (those without a path),
+/// and whether a new user namespace is asked for (excluded from the flags:
+/// it is unshared first, on its own).
 pub fn namespace_flags(spec: &Spec) -> Result<(CloneFlags, bool), ProcessError> {
     let mut flags = CloneFlags::empty();
     let mut user = false;
-    for ns in &spec.linux.namespaces {
-        if let Some(p) = &ns.path {
-            return Err(ProcessError::JoinNamespace(p.clone()));
-        }
+    for ns in spec.linux.namespaces.iter().filter(|n| n.path.is_none()) {
         match ns.kind {
-            NamespaceType::Mount => flags |= CloneFlags::CLONE_NEWNS,
-            NamespaceType::Pid => flags |= CloneFlags::CLONE_NEWPID,
-            NamespaceType::Ipc => flags |= CloneFlags::CLONE_NEWIPC,
-            NamespaceType::Uts => flags |= CloneFlags::CLONE_NEWUTS,
-            NamespaceType::Network => flags |= CloneFlags::CLONE_NEWNET,
-            NamespaceType::Cgroup => flags |= CloneFlags::CLONE_NEWCGROUP,
             NamespaceType::User => user = true,
+            kind => flags |= namespace_flag(kind),
         }
     }
     Ok((flags, user))
+}
+
+/// The namespaces the spec joins by path, the user namespace first (it
+/// gives the capabilities to join the others it owns).
+pub fn namespaces_to_join(spec: &Spec) -> Vec<(CloneFlags, PathBuf)> {
+    let mut join: Vec<(CloneFlags, PathBuf)> = spec
+        .linux
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((namespace_flag(n.kind), n.path.clone()?)))
+        .collect();
+    join.sort_by_key(|(flag, _)| *flag != CloneFlags::CLONE_NEWUSER);
+    join
+}
+
+/// Open a namespace file (`/proc/PID/ns/net`) for setns.
+pub(super) fn open_namespace(path: &Path) -> Result<OwnedFd, ProcessError> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(|fd| {
+        // SAFETY: open returned a new fd that nothing else owns.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    })
+    .map_err(|e| ProcessError::OpenNamespace(path.to_path_buf(), e))
 }
 
 fn prepare<'a>(
@@ -257,30 +440,17 @@ fn prepare<'a>(
     options: StartOptions,
 ) -> Result<Prepared<'a>, ProcessError> {
     let (flags, user_ns) = namespace_flags(spec)?;
-    let seccomp = match &spec.linux.seccomp {
-        Some(profile) => seccomp::compile(profile)?,
-        None => Vec::new(),
-    };
-    let caps = match &spec.process.capabilities {
-        Some(c) => Some([
-            capability_mask(&c.bounding)?,
-            capability_mask(&c.effective)?,
-            capability_mask(&c.permitted)?,
-            capability_mask(&c.inheritable)?,
-            capability_mask(&c.ambient)?,
-        ]),
-        None => None,
-    };
-    let rlimits = spec
-        .process
-        .rlimits
-        .iter()
-        .map(|r| {
-            rlimit_resource(&r.kind)
-                .map(|res| (res, r.soft, r.hard))
-                .ok_or_else(|| ProcessError::Rlimit(r.kind.clone()))
-        })
-        .collect::<Result<_, _>>()?;
+    let join = namespaces_to_join(spec)
+        .into_iter()
+        .map(|(flag, path)| Ok((flag, open_namespace(&path)?)))
+        .collect::<Result<_, ProcessError>>()?;
+    let privileges = Privileges::prepare(
+        spec.process.capabilities.as_ref(),
+        &spec.process.rlimits,
+        spec.linux.seccomp.as_ref(),
+        spec.process.no_new_privileges,
+        &spec.process.user,
+    )?;
     if spec.process.args.is_empty() {
         return Err(ProcessError::NoArgs);
     }
@@ -301,16 +471,15 @@ fn prepare<'a>(
         rootfs,
         flags,
         user_ns,
-        seccomp,
-        caps,
-        rlimits,
+        join,
+        privileges,
         args,
         env,
         options,
     })
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), ProcessError> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), ProcessError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ProcessError::Pipe)
 }
 
@@ -414,7 +583,7 @@ fn parent_side(
 }
 
 /// Write the error to the error pipe and exit.
-fn fail(err_w: &OwnedFd, message: &str) -> ! {
+pub(super) fn fail(err_w: &OwnedFd, message: &str) -> ! {
     let _ = nix::unistd::write(err_w, message.as_bytes());
     // SAFETY: _exit ends the process without running atexit handlers or
     // destructors that could touch state shared with the caller.
@@ -435,6 +604,9 @@ fn setup_process(
             std::fs::File::from(from_child_w.try_clone().map_err(|e| e.to_string())?);
         let mut from_parent =
             std::fs::File::from(to_child_r.try_clone().map_err(|e| e.to_string())?);
+        for (flag, fd) in &p.join {
+            nix::sched::setns(fd, *flag).map_err(|e| format!("setns({flag:?}): {e}"))?;
+        }
         if p.user_ns {
             nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
@@ -526,77 +698,7 @@ fn container_init(p: &Prepared, stdio: Stdio, err_w: &OwnedFd) -> Result<Never, 
         loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
     }
     rootfs::setup(&LinuxMounts, spec, p.rootfs).map_err(|e| error_chain(&e))?;
-    for (res, soft, hard) in &p.rlimits {
-        rustix::process::setrlimit(
-            *res,
-            Rlimit {
-                current: Some(*soft),
-                maximum: Some(*hard),
-            },
-        )
-        .map_err(|e| format!("setrlimit({res:?}): {e}"))?;
-    }
-    let nnp = spec.process.no_new_privileges;
-    if !nnp {
-        // Without no_new_privs loading a filter needs CAP_SYS_ADMIN: do it
-        // while we still have it.
-        seccomp::apply(&p.seccomp).map_err(|e| error_chain(&e))?;
-    }
-    if let Some([bounding, ..]) = p.caps {
-        for (n, name) in ALL_CAPABILITIES.iter().enumerate() {
-            if bounding & (1 << n) == 0 {
-                match rustix::thread::remove_capability_from_bounding_set(
-                    CapabilitySet::from_bits_retain(1 << n),
-                ) {
-                    Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-                    Err(e) => return Err(format!("dropping {name} from the bounding set: {e}")),
-                }
-            }
-        }
-    }
-    rustix::thread::set_keep_capabilities(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
-    let user = &spec.process.user;
-    let groups: Vec<Gid> = user
-        .additional_gids
-        .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups({groups:?}): {e}"))?;
-    let gid = Gid::from_raw(user.gid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
-    let uid = Uid::from_raw(user.uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))?;
-    if let Some([_, effective, permitted, inheritable, ambient]) = p.caps {
-        rustix::thread::set_capabilities(
-            None,
-            CapabilitySets {
-                effective: CapabilitySet::from_bits_retain(effective),
-                permitted: CapabilitySet::from_bits_retain(permitted),
-                inheritable: CapabilitySet::from_bits_retain(inheritable),
-            },
-        )
-        .map_err(|e| format!("capset: {e}"))?;
-        // The kernel raises an ambient capability only when it is both
-        // permitted and inheritable; runc only warns about the others (its
-        // default config.json lists ambient capabilities that are not
-        // inheritable), so they are left out here the same way.
-        let raisable = ambient & permitted & inheritable;
-        for (n, name) in ALL_CAPABILITIES.iter().enumerate() {
-            if raisable & (1 << n) != 0 {
-                rustix::thread::configure_capability_in_ambient_set(
-                    CapabilitySet::from_bits_retain(1 << n),
-                    true,
-                )
-                .map_err(|e| format!("raising ambient {name}: {e}"))?;
-            }
-        }
-    }
-    let cwd = Path::new(&spec.process.cwd);
-    nix::unistd::chdir(cwd).map_err(|e| format!("chdir({cwd:?}): {e}"))?;
-    if nnp {
-        rustix::thread::set_no_new_privs(true).map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
-        seccomp::apply(&p.seccomp).map_err(|e| error_chain(&e))?;
-    }
+    p.privileges.apply(Path::new(&spec.process.cwd))?;
     let program = find_program(&spec.process.args[0], &spec.process.env)?;
     if let Some(fifo) = &p.options.exec_fifo {
         wait_exec_fifo(fifo, err_w)?;
@@ -631,7 +733,7 @@ fn wait_exec_fifo(fifo: &ExecFifo, err_w: &OwnedFd) -> Result<(), String> {
 
 /// `arg0` if it has a slash, else the first executable match in the
 /// container's PATH.
-fn find_program(arg0: &str, env: &[String]) -> Result<CString, String> {
+pub(super) fn find_program(arg0: &str, env: &[String]) -> Result<CString, String> {
     if arg0.contains('/') {
         return CString::new(arg0).map_err(|e| e.to_string());
     }
@@ -652,7 +754,7 @@ fn find_program(arg0: &str, env: &[String]) -> Result<CString, String> {
 }
 
 /// The error and its sources, joined with ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
