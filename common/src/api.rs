@@ -51,6 +51,102 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// The config's containers (and pods' containers) and their states.
+    Containers,
+    /// Stop, start or restart one of the config's containers (or a pod,
+    /// all its containers).
+    ContainerAction {
+        name: String,
+        action: ContainerAction,
+    },
+}
+
+/// What [`Request::ContainerAction`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerAction {
+    /// Stop it (SIGTERM, then SIGKILL after the grace period) and keep it
+    /// stopped until `start` or the next boot.
+    Stop,
+    Start,
+    Restart,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerState {
+    /// Waiting for the containers and pods it depends on.
+    Waiting,
+    /// Getting its image (import of a preloaded one, or a pull).
+    Pulling,
+    Starting,
+    Running,
+    /// Exited, and will start again after a backoff.
+    Restarting,
+    /// Exited and not restarted (by its restart policy).
+    Exited,
+    /// Stopped on request.
+    Stopped,
+    /// Cannot run (a bad image, a policy that gave up); `detail` says why.
+    Failed,
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            ContainerState::Waiting => "waiting",
+            ContainerState::Pulling => "pulling",
+            ContainerState::Starting => "starting",
+            ContainerState::Running => "running",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Exited => "exited",
+            ContainerState::Stopped => "stopped",
+            ContainerState::Failed => "failed",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One container, as `atollctl ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    /// The pod it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The image as the config names it.
+    pub image: String,
+    /// The manifest digest it runs (once started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub state: ContainerState,
+    /// Why it is in that state (`exit status 1; restarting in 4 s`, an error).
+    #[serde(default)]
+    pub detail: String,
+    /// The container init's pid on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When it last started (UTC, RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Restarts on this boot.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last exit code (128 + signal when killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `starting`, `healthy` or `unhealthy` for a container with a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// `bridge`, `host` or `none`.
+    pub network: String,
+    /// Its address on the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Published ports, `HOST:CONTAINER/PROTO`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 fn default_lines() -> usize {
@@ -65,6 +161,7 @@ pub enum Response {
     Config(Box<ConfigReport>),
     Net(Box<NetStatus>),
     Connect(ConnectReport),
+    Containers(Vec<ContainerStatus>),
     /// The request was carried out (poweroff/reboot) or the answer is complete.
     Done,
     Error {

@@ -9,7 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use atoll_common::api::{
-    ConfigReport, ConnectReport, LogRecord, NetStatus, Request, Response, Status,
+    ConfigReport, ConnectReport, ContainerAction, ContainerStatus, LogRecord, NetStatus, Request,
+    Response, Status,
 };
 
 /// Exit codes (also in `atollctl --help`).
@@ -338,6 +339,71 @@ pub enum Command {
         send: Option<String>,
         timeout_ms: Option<u64>,
     },
+    /// The containers (`ps`).
+    Ps {
+        json: bool,
+    },
+    /// `stop`, `start`, `restart` of a config container.
+    Container {
+        name: String,
+        action: ContainerAction,
+    },
+}
+
+/// `ps`: one line per container.
+pub fn format_containers(list: &[ContainerStatus]) -> String {
+    if list.is_empty() {
+        return "no containers in the config\n".to_string();
+    }
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATE".to_string(),
+        "PID".to_string(),
+        "RESTARTS".to_string(),
+        "IMAGE".to_string(),
+        "DETAIL".to_string(),
+    ]];
+    for c in list {
+        let name = match &c.pod {
+            Some(p) => format!("{p}/{}", c.name),
+            None => c.name.clone(),
+        };
+        let mut state = c.state.to_string();
+        if let Some(h) = &c.health {
+            state.push_str(&format!(" ({h})"));
+        }
+        let mut detail = c.detail.clone();
+        if !c.ports.is_empty() {
+            let ports = c.ports.join(",");
+            detail = if detail.is_empty() {
+                ports
+            } else {
+                format!("{ports}; {detail}")
+            };
+        }
+        rows.push([
+            name,
+            state,
+            c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.restarts.to_string(),
+            c.image.clone(),
+            detail,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, w) in widths.iter().enumerate() {
+            line.push_str(&format!("{:<w$}  ", r[i], w = *w));
+        }
+        line.push_str(&r[5]);
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `config show`.
@@ -586,6 +652,35 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
                 return Ok(exit::UNREACHED);
             }
         }
+        Command::Ps { json } => {
+            let mut got = None;
+            client.call(&Request::Containers, |r| {
+                if let Response::Containers(c) = r {
+                    got = Some(c);
+                }
+                true
+            })?;
+            let list =
+                got.ok_or_else(|| CtlError::Unexpected("no containers in the answer".into()))?;
+            if json {
+                print_json(&list);
+            } else {
+                print!("{}", format_containers(&list));
+            }
+        }
+        Command::Container { name, action } => {
+            let req = Request::ContainerAction {
+                name: name.clone(),
+                action,
+            };
+            client.call(&req, |_| true)?;
+            let done = match action {
+                ContainerAction::Stop => "stopping",
+                ContainerAction::Start => "starting",
+                ContainerAction::Restart => "restarting",
+            };
+            println!("{name}: {done}");
+        }
     }
     Ok(exit::OK)
 }
@@ -810,6 +905,36 @@ mod tests {
         assert_eq!(
             format_connect("x:1", &c),
             "error: connecting to x:1: refused\n"
+        );
+    }
+
+    #[test]
+    fn container_table() {
+        assert_eq!(format_containers(&[]), "no containers in the config\n");
+        let c = ContainerStatus {
+            name: "web".into(),
+            pod: None,
+            image: "nginx:1.27".into(),
+            image_digest: None,
+            state: ContainerState::Restarting,
+            detail: "exit status 1; restarting in 500 ms".into(),
+            pid: None,
+            started_at: None,
+            restarts: 3,
+            exit_code: Some(1),
+            health: Some("unhealthy".into()),
+            network: "bridge".into(),
+            address: None,
+            ports: vec!["8080:80/tcp".into()],
+        };
+        let t = format_containers(&[c]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{t}");
+        assert!(
+            lines[1].contains("restarting (unhealthy)")
+                && lines[1].contains("8080:80/tcp; exit status 1; restarting in 500 ms")
+                && lines[1].contains(" 3 "),
+            "{t}"
         );
     }
 

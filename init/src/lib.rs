@@ -11,6 +11,7 @@
 
 pub mod clock;
 pub mod cmdline;
+pub mod containers;
 pub mod ctl;
 pub mod dm;
 pub mod modules;

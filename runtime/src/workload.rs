@@ -47,7 +47,7 @@ pub enum WorkloadError {
     Store {
         image: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("container state directory {path}: {source}")]
     StateDir {
@@ -56,7 +56,7 @@ pub enum WorkloadError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Spec(#[from] SpecError),
+    Spec(#[from] Box<SpecError>),
     #[error("key `{key}`: {message}")]
     Config { key: &'static str, message: String },
 }
@@ -177,7 +177,7 @@ pub fn prepare(
     let name = canonical_image(&c.image)?;
     let store_err = |source| WorkloadError::Store {
         image: name.clone(),
-        source,
+        source: Box::new(source),
     };
     let image = store.image(&name).map_err(store_err)?;
     let layers = store
@@ -197,7 +197,7 @@ pub fn prepare(
     }
     let (rootfs, root) = RootfsSource::overlay_in(top_first, state_dir).map_err(state_err)?;
     let overrides = overrides(c)?;
-    let mut spec = Spec::from_image(&image.config, &overrides, &etc, &root)?;
+    let mut spec = Spec::from_image(&image.config, &overrides, &etc, &root).map_err(Box::new)?;
     if let Some(resolv) = resolv_conf {
         if c.network != ConfigNetwork::None && resolv.exists() {
             spec.mounts

@@ -60,7 +60,9 @@ fn builtin_default_parses_and_validates() {
     let c = parse(BUILTIN_DEFAULT_TOML.as_bytes(), BUILTIN_DEFAULT_SOURCE).unwrap();
     c.validate().unwrap();
     assert!(c.network.dhcp_default);
-    assert!(c.containers.is_empty());
+    // The one container it runs is from the image every slot ships.
+    assert_eq!(c.containers.len(), 1);
+    assert_eq!(c.containers[0].image, "localhost/atoll/busybox:latest");
     assert_eq!(builtin_default(), c);
 }
 

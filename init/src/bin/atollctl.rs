@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use atoll_common::api::ContainerAction;
 use atoll_init::ctl::{self, Command};
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,9 @@ enum Cmd {
         /// Only records from this identifier or container.
         #[arg(long)]
         ident: Option<String>,
+        /// A container's name (the same as --ident NAME).
+        #[arg(conflicts_with = "ident")]
+        container: Option<String>,
         /// One JSON record per line.
         #[arg(long)]
         json: bool,
@@ -62,6 +66,17 @@ enum Cmd {
     /// The host's network.
     #[command(subcommand)]
     Net(NetCmd),
+    /// The config's containers: state, pid, restarts, image.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a container (SIGTERM, SIGKILL after 10 s) until `start` or the next boot.
+    Stop { name: String },
+    /// Start a stopped or exited container.
+    Start { name: String },
+    /// Stop and start a container.
+    Restart { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,12 +123,26 @@ fn main() -> ExitCode {
             lines,
             follow,
             ident,
+            container,
             json,
         } => Command::Logs {
             lines,
             follow,
-            ident,
+            ident: ident.or(container),
             json,
+        },
+        Cmd::Ps { json } => Command::Ps { json },
+        Cmd::Stop { name } => Command::Container {
+            name,
+            action: ContainerAction::Stop,
+        },
+        Cmd::Start { name } => Command::Container {
+            name,
+            action: ContainerAction::Start,
+        },
+        Cmd::Restart { name } => Command::Container {
+            name,
+            action: ContainerAction::Restart,
         },
         Cmd::Poweroff => Command::Poweroff,
         Cmd::Reboot => Command::Reboot,

@@ -38,6 +38,10 @@ pub struct ApiContext {
     pub config: Arc<Mutex<ConfigReport>>,
     /// The network state (`net status`), kept up to date by the network task.
     pub net: Arc<Mutex<NetStatus>>,
+    /// The containers' states (`ps`), kept by the supervisor.
+    pub containers: crate::containers::Table,
+    /// Requests to the supervisor (`stop`, `start`, `restart`).
+    pub container_actions: mpsc::UnboundedSender<crate::containers::ActionRequest>,
 }
 
 impl ApiContext {
@@ -200,6 +204,25 @@ where
                 let r = lock_clone(&ctx.net);
                 send(&mut writer, &Response::Net(Box::new(r))).await
                     && send(&mut writer, &Response::Done).await
+            }
+            Request::Containers => {
+                let r = lock_clone(&ctx.containers);
+                send(&mut writer, &Response::Containers(r)).await
+                    && send(&mut writer, &Response::Done).await
+            }
+            Request::ContainerAction { name, action } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let answer = match ctx.container_actions.send((name, action, tx)) {
+                    Ok(()) => rx
+                        .await
+                        .unwrap_or_else(|_| Err("the container supervisor is not running".into())),
+                    Err(_) => Err("the container supervisor is not running yet".into()),
+                };
+                let r = match answer {
+                    Ok(()) => Response::Done,
+                    Err(message) => Response::Error { message },
+                };
+                send(&mut writer, &r).await
             }
             Request::NetConnect {
                 addr,
@@ -391,7 +414,9 @@ pub async fn serve_port(dev: PathBuf, ctx: Arc<ApiContext>) {
 mod tests {
     use super::*;
     use crate::stage2::testutil::TempDir;
-    use atoll_common::api::{BootMode, BootTimes, DataStatus, RootStatus};
+    use atoll_common::api::{
+        BootMode, BootTimes, ContainerState, ContainerStatus, DataStatus, RootStatus,
+    };
     use atoll_common::layout;
     use tokio::net::UnixStream;
 
@@ -448,6 +473,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let (tx, mut rx) = mpsc::unbounded_channel();
+            let (actions_tx, mut actions_rx) = mpsc::unbounded_channel::<crate::containers::ActionRequest>();
             let ctx = Arc::new(ApiContext {
                 status: Arc::new(Mutex::new(sample_status())),
                 refresh: Some(|s: &mut Status| s.uptime_ms = 99),
@@ -455,6 +481,34 @@ mod tests {
                 shutdown: tx,
                 config: Arc::default(),
                 net: Arc::default(),
+                containers: Arc::new(Mutex::new(vec![ContainerStatus {
+                    name: "web".into(),
+                    pod: None,
+                    image: "nginx".into(),
+                    image_digest: None,
+                    state: ContainerState::Running,
+                    detail: String::new(),
+                    pid: Some(7),
+                    started_at: None,
+                    restarts: 2,
+                    exit_code: None,
+                    health: None,
+                    network: "host".into(),
+                    address: None,
+                    ports: Vec::new(),
+                }])),
+                container_actions: actions_tx,
+            });
+            // A stand-in for the supervisor: knows "web" only.
+            tokio::spawn(async move {
+                while let Some((name, _action, reply)) = actions_rx.recv().await {
+                    let r: Result<(), String> = if name == "web" {
+                        Ok(())
+                    } else {
+                        Err(format!("no container named {name:?}"))
+                    };
+                    let _ = reply.send(r);
+                }
             });
             let listener = bind(&path).unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -473,6 +527,21 @@ mod tests {
             assert_eq!(out.len(), 2);
             let (_, out) = request(&path, "{\"method\":\"logs\",\"ident\":\"init\"}\n").await;
             assert_eq!(out.len(), 2);
+
+            let (_, out) = request(&path, "{\"method\":\"containers\"}\n").await;
+            assert!(matches!(&out[0], Response::Containers(c) if c[0].name == "web" && c[0].restarts == 2));
+            let (_, out) = request(
+                &path,
+                "{\"method\":\"container-action\",\"name\":\"web\",\"action\":\"restart\"}\n",
+            )
+            .await;
+            assert_eq!(out, vec![Response::Done]);
+            let (_, out) = request(
+                &path,
+                "{\"method\":\"container-action\",\"name\":\"db\",\"action\":\"stop\"}\n",
+            )
+            .await;
+            assert!(matches!(&out[0], Response::Error { message } if message.contains("db")));
 
             let (_, out) = request(&path, "nonsense\n").await;
             assert!(matches!(&out[0], Response::Error { .. }));

@@ -266,6 +266,9 @@ fn boot_disk(sys: &SysBlock, stage1: Option<&Stage1Times>, slot: Option<Slot>) -
     sys.disk_with(layout::LABEL_DATA)
 }
 
+/// What containers need from the kernel: overlayfs for their root.
+const CONTAINER_MODULES: &[&str] = &["overlay"];
+
 fn say(priority: u8, line: &str) {
     console::line(line);
     LogHub::global().push_quiet(init_record(priority, line.to_string()));
@@ -480,6 +483,8 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         ..Default::default()
     }));
     let net_status: Arc<Mutex<atoll_common::api::NetStatus>> = Arc::default();
+    let container_table: crate::containers::Table = Arc::default();
+    let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(api::ApiContext {
         status: status.clone(),
         refresh: Some(status::refresh),
@@ -487,6 +492,8 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         shutdown: tx.clone(),
         config: config_report.clone(),
         net: net_status.clone(),
+        containers: container_table.clone(),
+        container_actions: actions_tx,
     });
     let api_up = match api::bind(Path::new(layout::API_SOCKET)) {
         Ok(listener) => {
@@ -535,6 +542,21 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     )
     .await;
     lock(&status).hostname = prov.hostname.clone();
+
+    // 7b. The config's containers, supervised from here on.
+    let workloads = !prov.config.containers.is_empty() || !prov.config.pods.is_empty();
+    if workloads {
+        if let Some(db) = db.clone() {
+            let _ = tokio::task::spawn_blocking(move || load_modules(&db, CONTAINER_MODULES)).await;
+        }
+    }
+    let supervisor = std::rc::Rc::new(crate::containers::Supervisor::start(
+        &prov.config,
+        crate::containers::Paths::default(),
+        container_table,
+    ));
+    tokio::task::spawn_local(supervisor.clone().serve_actions(actions_rx));
+    steps.done("containers started");
 
     // 8. Ready.
     let ready_ms = clock::boottime_ms();
@@ -648,7 +670,9 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         Some(kind) => kind,
         None => std::future::pending().await,
     };
-    // DHCP leases go back to their servers while the network still works.
+    // Containers first (they may still talk to the network), then the DHCP
+    // leases go back to their servers while the network still works.
+    supervisor.stop_all().await;
     prov.net.shutdown().await;
     kind
 }

@@ -52,6 +52,9 @@ fn waiters() -> MutexGuard<'static, Option<HashMap<i32, oneshot::Sender<Exit>>>>
 #[derive(Debug)]
 pub struct Pending {
     pub pid: u32,
+    /// The child's piped stdout and stderr (`Stdio::piped()`), if any.
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
     rx: oneshot::Receiver<Exit>,
 }
 
@@ -70,15 +73,39 @@ impl Pending {
 /// Starts `cmd`; its exit status is delivered through the returned [`Pending`].
 pub fn spawn(cmd: &mut Command) -> std::io::Result<Pending> {
     let mut guard = waiters();
-    let child = cmd.spawn()?;
+    let mut child = cmd.spawn()?;
     let pid = child.id();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     // The std handle is dropped without waiting: the reaper collects the status.
     drop(child);
     let (tx, rx) = oneshot::channel();
     guard
         .get_or_insert_with(HashMap::new)
         .insert(pid as i32, tx);
-    Ok(Pending { pid, rx })
+    Ok(Pending {
+        pid,
+        stdout,
+        stderr,
+        rx,
+    })
+}
+
+/// Runs `start`, which forks a child and returns its pid, with the reaper
+/// held off, and registers that pid: its status reaches the returned
+/// [`Pending`]. For children not made by `Command` (containers, which the
+/// runtime forks itself and whose intermediate processes it reaps by pid
+/// before returning). Blocking: the reaper waits while `start` runs.
+pub fn start_with<E>(start: impl FnOnce() -> Result<i32, E>) -> Result<Pending, E> {
+    let mut guard = waiters();
+    let pid = start()?;
+    let (tx, rx) = oneshot::channel();
+    guard.get_or_insert_with(HashMap::new).insert(pid, tx);
+    Ok(Pending {
+        pid: pid as u32,
+        stdout: None,
+        stderr: None,
+        rx,
+    })
 }
 
 /// Collects every exited child; returns how many.

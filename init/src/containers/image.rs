@@ -1,0 +1,196 @@
+//! Getting a container's image into the store: already there, imported
+//! from the images the slot ships (`/usr/share/atoll/images`), or pulled by
+//! an `atoll-runtime pull` child process (so the TLS stack and registry
+//! replies are never handled by PID 1 itself).
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use atoll_runtime::manifest::Platform;
+use atoll_runtime::reference::Reference;
+use atoll_runtime::store::Store;
+use atoll_runtime::workload;
+use serde::Deserialize;
+use tokio::io::AsyncBufReadExt;
+
+use crate::stage2::reaper;
+
+/// The longest a pull may take before it is killed and tried again.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Where things are (the real paths in PID 1; temp dirs in tests).
+#[derive(Debug, Clone)]
+pub struct ImagePaths {
+    pub store: PathBuf,
+    /// Preloaded archives and their `images.json`.
+    pub preloaded: PathBuf,
+    /// The `atoll-runtime` binary that pulls.
+    pub runtime: PathBuf,
+    /// The effective config, for `[registries]`.
+    pub config: PathBuf,
+}
+
+/// One entry of `images.json`.
+#[derive(Debug, Clone, Deserialize)]
+struct Preloaded {
+    archive: String,
+    manifest: String,
+}
+
+/// What [`local`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// In the store already.
+    Present,
+    /// Imported from the slot's preloaded archive.
+    Imported,
+    /// Neither: it must be pulled.
+    Missing,
+}
+
+fn preloaded_index(dir: &Path) -> BTreeMap<String, Preloaded> {
+    let path = dir.join("images.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::warn!("{}: {e}; preloaded images ignored", path.display());
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// Looks for `image` in the store, importing the slot's preloaded copy if
+/// the store lacks it or holds an older one (an update brought a new one).
+/// Blocking.
+pub fn local(paths: &ImagePaths, image: &str) -> Result<Local, String> {
+    let name = workload::canonical_image(image).map_err(|e| e.to_string())?;
+    let store = Store::open(&paths.store).map_err(|e| format!("image store: {e}"))?;
+    let held = store
+        .images()
+        .map_err(|e| format!("image store: {e}"))?
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, d)| d.digest.to_string());
+    let preloaded = preloaded_index(&paths.preloaded).remove(&name);
+    match (held, preloaded) {
+        (Some(d), Some(p)) if d != p.manifest => import(&store, paths, &name, &p),
+        (Some(_), _) => Ok(Local::Present),
+        (None, Some(p)) => import(&store, paths, &name, &p),
+        (None, None) => Ok(Local::Missing),
+    }
+}
+
+fn import(store: &Store, paths: &ImagePaths, name: &str, p: &Preloaded) -> Result<Local, String> {
+    let archive = paths.preloaded.join(&p.archive);
+    let file = std::fs::File::open(&archive)
+        .map_err(|e| format!("preloaded image {}: {e}", archive.display()))?;
+    let reference = Reference::parse(name).map_err(|e| e.to_string())?;
+    atoll_runtime::import::import_archive(
+        store,
+        BufReader::new(file),
+        Some(&reference),
+        &Platform::default(),
+    )
+    .map_err(|e| format!("importing {}: {e}", archive.display()))?;
+    Ok(Local::Imported)
+}
+
+/// Pulls `image` with `atoll-runtime pull`, logging its progress lines
+/// under `container`'s name. The error is the pull's last error line.
+pub async fn pull(paths: &ImagePaths, image: &str, container: &str) -> Result<(), String> {
+    let mut cmd = Command::new(&paths.runtime);
+    cmd.arg("pull").arg("--store").arg(&paths.store);
+    if paths.config.exists() {
+        cmd.arg("--config").arg(&paths.config);
+    }
+    cmd.arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = reaper::spawn(&mut cmd)
+        .map_err(|e| format!("starting {}: {e}", paths.runtime.display()))?;
+    let pid = child.pid;
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let name = container.to_string();
+    let progress = async move {
+        if let Some(out) = out.and_then(|o| tokio_pipe(o.into()).ok()) {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log::info!("container {name}: {line}");
+            }
+        }
+    };
+    let errors = async move {
+        let mut last = String::new();
+        if let Some(err) = err.and_then(|e| tokio_pipe(e.into()).ok()) {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                last = line;
+            }
+        }
+        last
+    };
+    let work = async { tokio::join!(progress, errors, child.wait()) };
+    match tokio::time::timeout(PULL_TIMEOUT, work).await {
+        Ok((_, _, Some(exit))) if exit.success() => Ok(()),
+        Ok((_, last, exit)) => {
+            let how = exit.map_or("vanished".to_string(), |e| e.to_string());
+            Err(format!("pull failed ({how}): {}", runc_message(&last)))
+        }
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(format!(
+                "pull did not finish in {} minutes",
+                PULL_TIMEOUT.as_secs() / 60
+            ))
+        }
+    }
+}
+
+/// The `msg="…"` of a logrus-style error line, or the line.
+fn runc_message(line: &str) -> String {
+    match line.split_once("msg=\"") {
+        Some((_, rest)) => rest.strip_suffix('"').unwrap_or(rest).replace("\\\"", "\""),
+        None => line.to_string(),
+    }
+}
+
+/// A pipe's read end as a tokio reader (non-blocking).
+pub fn tokio_pipe(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_messages_unwrapped() {
+        assert_eq!(
+            runc_message(r#"time="x" level=error msg="pulling a: GET \"b\": refused""#),
+            r#"pulling a: GET "b": refused"#
+        );
+        assert_eq!(runc_message("plain"), "plain");
+    }
+
+    #[test]
+    fn missing_without_preloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ImagePaths {
+            store: dir.path().join("store"),
+            preloaded: dir.path().join("none"),
+            runtime: PathBuf::from("/nonexistent"),
+            config: PathBuf::from("/nonexistent"),
+        };
+        assert_eq!(local(&paths, "busybox").unwrap(), Local::Missing);
+        assert!(local(&paths, "Bad/Name").unwrap_err().contains("Bad/Name"));
+    }
+}

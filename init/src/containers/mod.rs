@@ -1,0 +1,728 @@
+//! The config's containers, supervised by PID 1 itself (docs/containers.md).
+//!
+//! Each `[[containers]]` entry gets a task on PID 1's event loop that:
+//! 1. waits for the containers it `depends_on` to be running (or, for
+//!    one-shot ones, to have exited 0);
+//! 2. gets its image ([`image`]): in the store, imported from the slot's
+//!    preloaded images, or pulled by an `atoll-runtime pull` child, retried
+//!    with backoff;
+//! 3. starts it (blocking work on a worker thread: unpack, overlay, cgroup,
+//!    fork; the reaper is held off while the runtime forks, so the exit
+//!    status of the container's init comes back here);
+//! 4. sends its stdout and stderr, line by line, to the log hub under the
+//!    container's name;
+//! 5. when it exits, restarts it by its policy (`no`, `on-failure` with an
+//!    optional maximum, `always`) after an exponential backoff (0.5 s,
+//!    doubling up to 60 s, back to 0.5 s after 10 s of running, as Docker);
+//! 6. at shutdown (or `atollctl stop`), sends SIGTERM and, after
+//!    [`STOP_GRACE`], SIGKILL to every process of its cgroup.
+//!
+//! The table of states is what `atollctl ps` shows.
+
+pub mod image;
+pub mod logs;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atoll_common::api::{ContainerAction, ContainerState, ContainerStatus};
+use atoll_common::config::workload::{Container, NetworkMode, RestartPolicy};
+use atoll_common::config::Config;
+use atoll_common::layout;
+use atoll_runtime::run::cgroup::Cgroup;
+use atoll_runtime::run::process;
+use atoll_runtime::store::Store;
+use atoll_runtime::workload;
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::image::{ImagePaths, Local};
+use crate::stage2::reaper::{self, Exit, Pending};
+
+/// SIGTERM to SIGKILL, at shutdown and on `stop` (Docker's default).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// First restart delay; doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A run this long resets the backoff.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(10);
+/// The cgroup under which containers live.
+pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/atoll";
+
+/// The shared table `atollctl ps` reads.
+pub type Table = Arc<Mutex<Vec<ContainerStatus>>>;
+
+/// A request from the API: which container, what to do, where to answer.
+pub type ActionRequest = (String, ContainerAction, oneshot::Sender<Result<(), String>>);
+
+/// Where the supervisor finds and keeps things.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub images: ImagePaths,
+    /// Per-container state (overlay upper and work dirs).
+    pub containers: PathBuf,
+    pub cgroup_parent: PathBuf,
+    /// Bind-mounted into containers with a network.
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            images: ImagePaths {
+                store: PathBuf::from(layout::VAR_IMAGES),
+                preloaded: PathBuf::from(layout::SLOT_PRELOADED_IMAGES),
+                runtime: PathBuf::from(layout::SLOT_RUNTIME),
+                config: PathBuf::from(crate::provision::apply::EFFECTIVE_CONFIG),
+            },
+            containers: PathBuf::from(layout::VAR_CONTAINERS),
+            cgroup_parent: PathBuf::from(CGROUP_PARENT),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+/// Exponential restart backoff.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next start, given how long the last run lasted.
+    pub fn after_run(&mut self, ran: Duration) -> Duration {
+        if ran >= BACKOFF_RESET {
+            self.next = BACKOFF_MIN;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        d
+    }
+}
+
+/// Whether a container that exited with `code` starts again, after
+/// `restarts` restarts so far.
+pub fn should_restart(c: &Container, code: i32, restarts: u32) -> bool {
+    match c.restart {
+        RestartPolicy::No => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => code != 0 && c.max_retries.is_none_or(|max| restarts < max),
+    }
+}
+
+/// The supervisor: one task per container.
+#[derive(Debug)]
+pub struct Supervisor {
+    table: Table,
+    controls: BTreeMap<String, mpsc::UnboundedSender<Control>>,
+    shutdown: watch::Sender<bool>,
+    done: std::cell::RefCell<Vec<oneshot::Receiver<()>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Stop,
+    Start,
+    Restart,
+}
+
+fn status_of(c: &Container) -> ContainerStatus {
+    ContainerStatus {
+        name: c.name.clone(),
+        pod: None,
+        image: c.image.clone(),
+        image_digest: None,
+        state: ContainerState::Waiting,
+        detail: String::new(),
+        pid: None,
+        started_at: None,
+        restarts: 0,
+        exit_code: None,
+        health: c.healthcheck.as_ref().map(|_| "starting".to_string()),
+        network: match c.network {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::Host => "host",
+            NetworkMode::None => "none",
+        }
+        .to_string(),
+        address: None,
+        ports: c
+            .ports
+            .iter()
+            .filter_map(|p| p.get().map(|p| p.to_string()))
+            .collect(),
+    }
+}
+
+impl Supervisor {
+    /// Starts a task for each of `config`'s containers (on the current
+    /// LocalSet). Pods are not run yet: each is reported as failed.
+    pub fn start(config: &Config, paths: Paths, table: Table) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        let mut rows: Vec<ContainerStatus> = config.containers.iter().map(status_of).collect();
+        for pod in &config.pods {
+            for c in pod.init_containers.iter().chain(&pod.containers) {
+                let mut s = status_of(c);
+                s.pod = Some(pod.name.clone());
+                s.state = ContainerState::Failed;
+                s.detail = "pods are not supported by this version yet".into();
+                rows.push(s);
+            }
+            log::error!(
+                "pod {}: pods are not supported by this version yet; its containers do not run",
+                pod.name
+            );
+        }
+        *lock(&table) = rows;
+        // Each container's "up" signal, for the ones that depend on it.
+        let ups: BTreeMap<String, watch::Sender<bool>> = config
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), watch::channel(false).0))
+            .collect();
+        let paths = Rc::new(paths);
+        let mut controls = BTreeMap::new();
+        let mut done = Vec::new();
+        for (index, c) in config.containers.iter().enumerate() {
+            let deps: Vec<(String, watch::Receiver<bool>)> = c
+                .depends_on
+                .iter()
+                .filter_map(|d| ups.get(d).map(|tx| (d.clone(), tx.subscribe())))
+                .collect();
+            let Some(up) = ups.get(&c.name).cloned() else {
+                continue;
+            };
+            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+            controls.insert(c.name.clone(), ctl_tx);
+            let (done_tx, done_rx) = oneshot::channel();
+            done.push(done_rx);
+            let task = Task {
+                index,
+                spec: c.clone(),
+                paths: paths.clone(),
+                table: table.clone(),
+                up,
+                shutdown: shutdown.subscribe(),
+                control: ctl_rx,
+            };
+            tokio::task::spawn_local(async move {
+                task.run(deps).await;
+                let _ = done_tx.send(());
+            });
+        }
+        Self {
+            table,
+            controls,
+            shutdown,
+            done: std::cell::RefCell::new(done),
+        }
+    }
+
+    /// The table `atollctl ps` reads.
+    pub fn table(&self) -> Table {
+        self.table.clone()
+    }
+
+    /// Carries out an API request.
+    pub fn act(&self, name: &str, action: ContainerAction) -> Result<(), String> {
+        let tx = self.controls.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.controls.keys().map(String::as_str).collect();
+            format!(
+                "no container named {name:?} in the config (containers: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+        let control = match action {
+            ContainerAction::Stop => Control::Stop,
+            ContainerAction::Start => Control::Start,
+            ContainerAction::Restart => Control::Restart,
+        };
+        tx.send(control)
+            .map_err(|_| format!("container {name} is no longer supervised"))
+    }
+
+    /// Serves API requests until the channel closes.
+    pub async fn serve_actions(self: Rc<Self>, mut rx: mpsc::UnboundedReceiver<ActionRequest>) {
+        while let Some((name, action, reply)) = rx.recv().await {
+            let _ = reply.send(self.act(&name, action));
+        }
+    }
+
+    /// Stops every container (SIGTERM, SIGKILL after the grace period) and
+    /// waits for their tasks to end.
+    pub async fn stop_all(&self) {
+        let _ = self.shutdown.send(true);
+        let done: Vec<_> = self.done.borrow_mut().drain(..).collect();
+        for d in done {
+            let _ = d.await;
+        }
+    }
+}
+
+/// One container's supervision.
+struct Task {
+    index: usize,
+    spec: Container,
+    paths: Rc<Paths>,
+    table: Table,
+    up: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+    control: mpsc::UnboundedReceiver<Control>,
+}
+
+/// A started container.
+struct Running {
+    pending: Pending,
+    pid: u32,
+    cgroup: Cgroup,
+    started: Instant,
+}
+
+/// How a run ended.
+enum Ended {
+    Exited(Exit),
+    /// Stopped on request (`stop`), or `restart`.
+    Stopped {
+        restart: bool,
+    },
+    Shutdown,
+}
+
+fn lock(t: &Table) -> std::sync::MutexGuard<'_, Vec<ContainerStatus>> {
+    match t.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn exit_code(e: Exit) -> i32 {
+    match e {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => 128 + s,
+    }
+}
+
+impl Task {
+    fn set(&self, f: impl FnOnce(&mut ContainerStatus)) {
+        if let Some(s) = lock(&self.table).get_mut(self.index) {
+            f(s);
+        }
+    }
+
+    fn state(&self, state: ContainerState, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.set(|s| {
+            s.state = state;
+            s.detail = detail;
+        });
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Resolves when shutdown starts (holds no borrow of `self`).
+    fn until_shutdown(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut rx = self.shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps for `d`; false if shutdown came first.
+    async fn sleep(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.until_shutdown() => false,
+        }
+    }
+
+    async fn run(mut self, deps: Vec<(String, watch::Receiver<bool>)>) {
+        // 1. Dependencies.
+        for (dep, mut rx) in deps {
+            self.state(ContainerState::Waiting, format!("waiting for {dep}"));
+            tokio::select! {
+                _ = rx.wait_for(|up| *up) => {}
+                _ = self.until_shutdown() => return self.final_state(),
+            }
+        }
+        // 2. The image.
+        let mut backoff = Backoff::default();
+        loop {
+            self.state(ContainerState::Pulling, "");
+            match self.get_image().await {
+                Ok(()) => break,
+                Err(e) => {
+                    let d = backoff.after_run(Duration::ZERO);
+                    log::error!("container {}: {e}; trying again in {d:?}", self.name());
+                    self.state(
+                        ContainerState::Pulling,
+                        format!("{e}; trying again in {d:?}"),
+                    );
+                    if !self.sleep(d).await {
+                        return self.final_state();
+                    }
+                }
+            }
+        }
+        // 3. Run, restart, stop.
+        let mut backoff = Backoff::default();
+        loop {
+            if self.shutting_down() {
+                return self.final_state();
+            }
+            self.state(ContainerState::Starting, "");
+            let (code, ran) = match self.start().await {
+                Ok(running) => {
+                    let started = running.started;
+                    match self.watch(running).await {
+                        Ended::Shutdown => return self.final_state(),
+                        Ended::Stopped { restart: true } => {
+                            backoff = Backoff::default();
+                            continue;
+                        }
+                        Ended::Stopped { restart: false } => {
+                            if !self.wait_for_start().await {
+                                return self.final_state();
+                            }
+                            backoff = Backoff::default();
+                            continue;
+                        }
+                        Ended::Exited(exit) => (exit_code(exit), started.elapsed()),
+                    }
+                }
+                Err(e) => {
+                    log::error!("container {}: {e}", self.name());
+                    self.set(|s| s.detail = e.clone());
+                    (127, Duration::ZERO)
+                }
+            };
+            let restarts = lock(&self.table).get(self.index).map_or(0, |s| s.restarts);
+            let how = if code > 128 {
+                format!("killed by signal {}", code - 128)
+            } else {
+                format!("exit status {code}")
+            };
+            if !should_restart(&self.spec, code, restarts) {
+                let gave_up = self.spec.restart == RestartPolicy::OnFailure && code != 0;
+                let (state, detail) = if gave_up {
+                    (
+                        ContainerState::Failed,
+                        format!("{how}; gave up after {restarts} restarts"),
+                    )
+                } else {
+                    (ContainerState::Exited, how.clone())
+                };
+                log::info!("container {}: {detail}", self.name());
+                let _ = self.up.send(code == 0);
+                self.set(|s| {
+                    s.state = state;
+                    if s.detail.is_empty() || code != 127 {
+                        s.detail = detail;
+                    }
+                    s.exit_code = Some(code);
+                    s.pid = None;
+                });
+                if !self.wait_for_start().await {
+                    return self.final_state();
+                }
+                backoff = Backoff::default();
+                continue;
+            }
+            let d = backoff.after_run(ran);
+            log::warn!(
+                "container {}: {how}; restarting in {} ms",
+                self.name(),
+                d.as_millis()
+            );
+            self.set(|s| {
+                s.state = ContainerState::Restarting;
+                let why = if code == 127 && !s.detail.is_empty() && s.pid.is_none() {
+                    s.detail.clone()
+                } else {
+                    how.clone()
+                };
+                s.detail = format!("{why}; restarting in {} ms", d.as_millis());
+                s.exit_code = Some(code);
+                s.restarts += 1;
+                s.pid = None;
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = self.until_shutdown() => return self.final_state(),
+                c = self.control.recv() => {
+                    // `start`/`restart` during the backoff start it now.
+                    if c == Some(Control::Stop) {
+                        self.state(ContainerState::Stopped, "stopped on request");
+                        if !self.wait_for_start().await {
+                            return self.final_state();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After an exit or a stop: waits for `start`/`restart` (true) or
+    /// shutdown (false).
+    async fn wait_for_start(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.until_shutdown() => return false,
+                c = self.control.recv() => match c {
+                    Some(Control::Start | Control::Restart) => return true,
+                    Some(Control::Stop) => {}
+                    None => return false,
+                }
+            }
+        }
+    }
+
+    fn final_state(&self) {
+        self.set(|s| {
+            if matches!(
+                s.state,
+                ContainerState::Running
+                    | ContainerState::Starting
+                    | ContainerState::Restarting
+                    | ContainerState::Pulling
+                    | ContainerState::Waiting
+            ) {
+                s.state = ContainerState::Stopped;
+                s.detail = "host shutting down".into();
+            }
+            s.pid = None;
+        });
+    }
+
+    async fn get_image(&mut self) -> Result<(), String> {
+        let paths = self.paths.images.clone();
+        let image = self.spec.image.clone();
+        let found = tokio::task::spawn_blocking(move || image::local(&paths, &image))
+            .await
+            .map_err(|e| format!("image lookup: {e}"))??;
+        match found {
+            Local::Present => Ok(()),
+            Local::Imported => {
+                log::info!(
+                    "container {}: image {} imported from the preloaded images",
+                    self.name(),
+                    self.spec.image
+                );
+                Ok(())
+            }
+            Local::Missing => {
+                log::info!("container {}: pulling {}", self.name(), self.spec.image);
+                self.state(
+                    ContainerState::Pulling,
+                    format!("pulling {}", self.spec.image),
+                );
+                image::pull(&self.paths.images, &self.spec.image, self.name()).await
+            }
+        }
+    }
+
+    async fn start(&mut self) -> Result<Running, String> {
+        if self.spec.network == NetworkMode::Bridge {
+            return Err(
+                "network = \"bridge\" is not supported by this version yet: use \"host\" or \"none\""
+                    .into(),
+            );
+        }
+        let spec = self.spec.clone();
+        let paths = self.paths.as_ref().clone();
+        let started = tokio::task::spawn_blocking(move || start_blocking(&spec, &paths))
+            .await
+            .map_err(|e| format!("start: {e}"))??;
+        let (running, digest, out, err) = started;
+        let pid = running.pid;
+        log::info!(
+            "container {}: started ({}, pid {pid})",
+            self.name(),
+            self.spec.image
+        );
+        self.set(|s| {
+            s.state = ContainerState::Running;
+            s.detail = String::new();
+            s.pid = Some(pid);
+            s.image_digest = Some(digest);
+            s.started_at = Some(crate::clock::format_unix(crate::clock::unix_now()));
+            s.exit_code = None;
+        });
+        let _ = self.up.send(true);
+        logs::forward(self.name(), pid, out, "stdout");
+        logs::forward(self.name(), pid, err, "stderr");
+        Ok(running)
+    }
+
+    /// Waits for the container to exit, a control request, or shutdown.
+    async fn watch(&mut self, running: Running) -> Ended {
+        let Running {
+            pending,
+            pid,
+            cgroup,
+            ..
+        } = running;
+        let mut exit = Box::pin(pending.wait());
+        let ended = loop {
+            tokio::select! {
+                e = &mut exit => break Ended::Exited(e.unwrap_or(Exit::Signal(9))),
+                _ = self.until_shutdown() => {
+                    stop(self.name(), pid, &cgroup, &mut exit).await;
+                    break Ended::Shutdown;
+                }
+                c = self.control.recv() => match c {
+                    Some(Control::Stop) => {
+                        self.state(ContainerState::Running, "stopping");
+                        stop(self.name(), pid, &cgroup, &mut exit).await;
+                        self.set(|s| {
+                            s.state = ContainerState::Stopped;
+                            s.detail = "stopped on request".into();
+                            s.pid = None;
+                        });
+                        break Ended::Stopped { restart: false };
+                    }
+                    Some(Control::Restart) => {
+                        self.state(ContainerState::Running, "restarting");
+                        stop(self.name(), pid, &cgroup, &mut exit).await;
+                        break Ended::Stopped { restart: true };
+                    }
+                    Some(Control::Start) | None => {}
+                }
+            }
+        };
+        let name = self.name().to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = cgroup.remove() {
+                log::warn!("container {name}: removing its cgroup: {e}");
+            }
+        })
+        .await;
+        ended
+    }
+}
+
+/// SIGTERM to the container's init; SIGKILL to its whole cgroup after
+/// [`STOP_GRACE`]; then waits for the exit.
+async fn stop<F>(name: &str, pid: u32, cgroup: &Cgroup, exit: &mut std::pin::Pin<Box<F>>)
+where
+    F: std::future::Future<Output = Option<Exit>>,
+{
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, exit.as_mut())
+        .await
+        .is_ok()
+    {
+        log::info!("container {name}: stopped");
+        return;
+    }
+    log::warn!(
+        "container {name}: still running {} s after SIGTERM; killing it",
+        STOP_GRACE.as_secs()
+    );
+    if std::fs::write(cgroup.path().join("cgroup.kill"), "1").is_err() {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), exit.as_mut()).await;
+}
+
+type Started = (Running, String, std::os::fd::OwnedFd, std::os::fd::OwnedFd);
+
+/// Prepares and forks the container (blocking).
+fn start_blocking(c: &Container, paths: &Paths) -> Result<Started, String> {
+    let store = Store::open(&paths.images.store).map_err(|e| format!("image store: {e}"))?;
+    let state_dir = paths.containers.join(&c.name);
+    let prepared = workload::prepare(&store, c, &state_dir, Some(&paths.resolv_conf))
+        .map_err(|e| e.to_string())?;
+    // A cgroup left by an earlier run of this container (its processes are gone).
+    let stale = paths.cgroup_parent.join(&c.name);
+    if stale.exists() {
+        let _ = std::fs::remove_dir(&stale);
+    }
+    let cgroup = Cgroup::create(&paths.cgroup_parent, &c.name, &prepared.resources)
+        .map_err(|e| format!("cgroup: {e}"))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let stdio = process::Stdio {
+        stdin: Some(null.into()),
+        stdout: Some(out_w),
+        stderr: Some(err_w),
+    };
+    let result = reaper::start_with(|| {
+        process::start(&prepared.spec, &prepared.rootfs, Some(&cgroup), stdio).map(|c| c.pid())
+    });
+    match result {
+        Ok(pending) => Ok((
+            Running {
+                pid: pending.pid,
+                pending,
+                cgroup,
+                started: Instant::now(),
+            },
+            prepared.image_digest,
+            out_r,
+            err_r,
+        )),
+        Err(e) => {
+            let _ = cgroup.remove();
+            Err(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let mut b = Backoff::default();
+        let short = Duration::from_secs(1);
+        let got: Vec<u128> = (0..10).map(|_| b.after_run(short).as_millis()).collect();
+        assert_eq!(
+            got,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        assert_eq!(b.after_run(BACKOFF_RESET), BACKOFF_MIN);
+        assert_eq!(b.after_run(short), BACKOFF_MIN * 2);
+    }
+
+    #[test]
+    fn restart_policies() {
+        let mut c = Container {
+            restart: RestartPolicy::No,
+            ..Container::default()
+        };
+        assert!(!should_restart(&c, 1, 0));
+        c.restart = RestartPolicy::Always;
+        assert!(should_restart(&c, 0, 100));
+        c.restart = RestartPolicy::OnFailure;
+        assert!(!should_restart(&c, 0, 0));
+        assert!(should_restart(&c, 1, 1000));
+        c.max_retries = Some(2);
+        assert!(should_restart(&c, 1, 1));
+        assert!(!should_restart(&c, 1, 2));
+    }
+}
