@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -72,7 +72,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside this namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = File::open(format!("/proc/{}/ns/net", self.pid())).unwrap();
+        let ns = File::open(format!("/proc/{}/ns/net", self.pid())).expect("open the netns");
         thread::scope(|s| {
             s.spawn(move || {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -170,17 +170,17 @@ fn tcp(host: u16, container: u16) -> PortMapping {
 fn listen(ns: &Netns, port: u16) -> (mpsc::Receiver<Option<SocketAddr>>, impl Drop) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (tx, rx) = mpsc::channel();
-    let nsfile = File::open(format!("/proc/{}/ns/net", ns.pid())).unwrap();
+    let nsfile = File::open(format!("/proc/{}/ns/net", ns.pid())).expect("open the netns");
     let handle = thread::spawn(move || {
         nix::sched::setns(nsfile.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let l = TcpListener::bind(("0.0.0.0", port)).expect("bind listener");
-        l.set_nonblocking(true).unwrap();
-        ready_tx.send(()).unwrap();
+        l.set_nonblocking(true).expect("nonblocking listener");
+        ready_tx.send(()).expect("listener ready");
         let deadline = Instant::now() + WAIT;
         let peer = loop {
             match l.accept() {
                 Ok((mut s, peer)) => {
-                    s.set_nonblocking(false).unwrap();
+                    s.set_nonblocking(false).expect("blocking stream");
                     let _ = s.write_all(b"ok");
                     break Some(peer);
                 }
@@ -207,7 +207,7 @@ fn connect(ns: &Netns, to: SocketAddrV4) -> Result<(), String> {
     ns.run(move || {
         let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
             .map_err(|e| format!("connect to {to}: {e}"))?;
-        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_read_timeout(Some(WAIT)).expect("read timeout");
         let mut buf = [0u8; 2];
         s.read_exact(&mut buf)
             .map_err(|e| format!("read from {to}: {e}"))?;
@@ -290,8 +290,39 @@ fn container_gets_address_route_nat_and_published_port() {
 
     // From another container through the host's address (hairpin).
     let c2 = Netns::new();
-    let att2 = bridge.attach("c2", c2.pid(), &[]).expect("attach c2");
+    let udp = PortMapping {
+        host: 5300,
+        container: 53,
+        protocol: Protocol::Udp,
+    };
+    let att2 = bridge.attach("c2", c2.pid(), &[udp]).expect("attach c2");
     assert_eq!(att2.address, Ipv4Addr::new(10, 88, 0, 3));
+    // A published UDP port, answered back through the NAT.
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            c2.run(|| {
+                let sock = UdpSocket::bind(("0.0.0.0", 53)).unwrap();
+                sock.set_read_timeout(Some(WAIT)).unwrap();
+                tx.send(()).unwrap();
+                let mut buf = [0u8; 16];
+                let (n, peer) = sock.recv_from(&mut buf).expect("datagram in container");
+                sock.send_to(&buf[..n], peer).unwrap();
+                peer
+            })
+        });
+        rx.recv_timeout(WAIT).unwrap();
+        let answer = w.outside.run(|| {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.set_read_timeout(Some(WAIT)).unwrap();
+            sock.send_to(b"ping", (HOST_OUT, 5300)).unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from) = sock.recv_from(&mut buf).expect("UDP answer");
+            (buf[..n].to_vec(), from)
+        });
+        assert_eq!(answer.0, b"ping");
+        assert_eq!(answer.1, SocketAddr::from((HOST_OUT, 5300)));
+    });
     reach(&c2, SocketAddrV4::new(HOST_OUT, 8080), &c1, 80);
     // And container to container directly on the bridge.
     let seen = reach(&c2, SocketAddrV4::new(att.address, 80), &c1, 80);
@@ -355,6 +386,19 @@ fn second_attach_duplicate_port_and_detach() {
         .expect("attach c3 with udp 8080");
     assert_eq!(a3.address, Ipv4Addr::new(10, 88, 0, 4));
 
+    // A failing step leaves nothing behind: here the container already
+    // has an eth0, so the pair cannot be made.
+    let c5 = Netns::new();
+    c5.must_ip("link add eth0 type veth peer name eth9");
+    let err = bridge.attach("c5", c5.pid(), &[tcp(7070, 70)]).unwrap_err();
+    assert!(err.to_string().contains("veth pair"), "{err}");
+    assert!(w
+        .host
+        .ip(&format!("link show dev {}", host_veth_name("c5")))
+        .is_none());
+    if let Some(table) = w.host.nft_table() {
+        assert!(!table.contains("7070"), "rule of a failed attach: {table}");
+    }
     // A namespace that does not exist fails cleanly.
     let err = bridge.attach("ghost", 999_999_999, &[]).unwrap_err();
     assert!(matches!(err, NetworkError::Netns { .. }), "{err}");

@@ -195,8 +195,7 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), NetworkError> {
 fn apply(sock: &mut Socket, fill: impl FnOnce(&mut Batch)) -> Result<(), NetworkError> {
     let mut batch = Batch::new(sock.next_seq());
     fill(&mut batch);
-    // Keep the socket's numbering past the batch's.
-    while sock.next_seq() < batch.last_seq() {}
+    sock.used_seq(batch.last_seq());
     sock.request(&batch.bytes(), &batch.seqs())
         .map_err(|(seq, source)| NetworkError::Nftables {
             what: seq

@@ -177,6 +177,11 @@ impl Socket {
         self.seq
     }
 
+    /// Marks every number up to `last` as used (by a batch).
+    pub fn used_seq(&mut self, last: u32) {
+        self.seq = last;
+    }
+
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
         let n = send(self.fd.as_raw_fd(), bytes, MsgFlags::empty())?;
         if n != bytes.len() {
@@ -216,11 +221,16 @@ impl Socket {
                 if ty != NLMSG_ERROR || payload.len() < 4 {
                     continue;
                 }
+                let errno = ne_u32(&payload[0..4]) as i32;
                 let Some(pos) = pending.iter().position(|s| *s == seq) else {
+                    // A refusal of a message we expected no answer for
+                    // (a batch's BEGIN): nothing else will come.
+                    if errno != 0 && seqs.first().is_some_and(|f| seq == f.wrapping_sub(1)) {
+                        return Err((Some(seq), io::Error::from_raw_os_error(-errno)));
+                    }
                     continue;
                 };
                 pending.swap_remove(pos);
-                let errno = ne_u32(&payload[0..4]) as i32;
                 if errno != 0 && first_err.is_none() {
                     first_err = Some((Some(seq), io::Error::from_raw_os_error(-errno)));
                 }

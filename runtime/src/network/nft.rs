@@ -155,7 +155,7 @@ impl Batch {
     }
 
     fn push(&mut self, ty: u16, flags: u16, what: String, f: impl FnOnce(&mut Msg)) {
-        let seq = self.begin_seq + 1 + self.msgs.len() as u32;
+        let seq = self.begin_seq.wrapping_add(1 + self.msgs.len() as u32);
         let mut msg = Msg::new(
             (NFNL_SUBSYS_NFTABLES << 8) | ty,
             NLM_F_REQUEST | NLM_F_ACK | flags,
@@ -181,7 +181,7 @@ impl Batch {
 
     /// The last sequence number used (BATCH_END's).
     pub fn last_seq(&self) -> u32 {
-        self.begin_seq + 1 + self.msgs.len() as u32
+        self.begin_seq.wrapping_add(1 + self.msgs.len() as u32)
     }
 
     /// BATCH_BEGIN, the messages, BATCH_END: what goes in one send.
