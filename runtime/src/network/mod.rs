@@ -418,22 +418,39 @@ impl Bridge {
     /// Removes the attachment's DNAT rules and host veth and frees its
     /// address. A veth already gone (the container's namespace vanished
     /// and took the pair with it) is not an error; detaching twice is not
-    /// either.
+    /// either. If the kernel refuses the new DNAT rules, the veth is still
+    /// removed but the ports and the address stay taken, and detaching
+    /// again retries.
     pub fn detach(&self, attachment: &Attachment) -> Result<(), NetworkError> {
         let mut state = self.lock();
         let id = attachment.id.as_str();
-        let before = state.published.len();
+        let removed: Vec<_> = state
+            .published
+            .iter()
+            .filter(|(_, p)| p.id == id)
+            .map(|(k, p)| (*k, p.clone()))
+            .collect();
         state.published.retain(|_, p| p.id != id);
-        let dnat = if state.published.len() != before {
-            self.sync_dnat(&mut state)
-        } else {
+        let dnat = if removed.is_empty() {
             Ok(())
+        } else {
+            let r = self.sync_dnat(&mut state);
+            if r.is_err() {
+                // Kept, so that detaching again retries the rewrite.
+                state.published.extend(removed);
+            }
+            r
         };
         let veth = state.rtnl.delete_link(&attachment.host_veth);
-        if state.ids.remove(id) {
+        // While the kernel may still hold DNAT rules to the address, it is
+        // not handed out again (the next successful rewrite drops them).
+        if dnat.is_ok() && state.ids.remove(id) {
             state.used.remove(&attachment.address);
         }
-        log::info!("network: detached {id}");
+        match (&dnat, &veth) {
+            (Ok(_), Ok(_)) => log::info!("network: detached {id}"),
+            _ => log::warn!("network: detaching {id} left something behind"),
+        }
         dnat?;
         veth.map(|_| ())
     }
