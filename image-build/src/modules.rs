@@ -36,6 +36,8 @@ pub const SLOT_MODULES: &[&str] = &[
     "nft_nat",
     "nft_masq",
     "nft_chain_nat",
+    "nft_fib_ipv4",
+    "nft_ct",
     "ena",
     "gve",
     "ata_piix",

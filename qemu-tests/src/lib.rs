@@ -22,6 +22,7 @@ pub mod console;
 pub mod disk;
 pub mod lines;
 pub mod qmp;
+pub mod registry;
 pub mod servers;
 pub mod vm;
 

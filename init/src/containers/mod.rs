@@ -21,6 +21,8 @@
 
 pub mod image;
 pub mod logs;
+pub mod net;
+pub mod pod;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -123,13 +125,14 @@ pub fn should_restart(c: &Container, code: i32, restarts: u32) -> bool {
 #[derive(Debug)]
 pub struct Supervisor {
     table: Table,
-    controls: BTreeMap<String, mpsc::UnboundedSender<Control>>,
+    /// By container name, pod name (all its containers) and `POD/NAME`.
+    controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>>,
     shutdown: watch::Sender<bool>,
     done: std::cell::RefCell<Vec<oneshot::Receiver<()>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Control {
+pub(crate) enum Control {
     Stop,
     Start,
     Restart,
@@ -164,56 +167,125 @@ fn status_of(c: &Container) -> ContainerStatus {
 }
 
 impl Supervisor {
-    /// Starts a task for each of `config`'s containers (on the current
-    /// LocalSet). Pods are not run yet: each is reported as failed.
-    pub fn start(config: &Config, paths: Paths, table: Table) -> Self {
+    /// Starts a task for each of `config`'s containers and pods (on the
+    /// current LocalSet), filling `table`.
+    pub fn start(
+        config: &Config,
+        paths: Paths,
+        table: Table,
+        modules: Option<Arc<crate::modules::ModuleDb>>,
+    ) -> Self {
         let (shutdown, _) = watch::channel(false);
         let mut rows: Vec<ContainerStatus> = config.containers.iter().map(status_of).collect();
+        let mut pod_rows = Vec::new();
         for pod in &config.pods {
-            for c in pod.init_containers.iter().chain(&pod.containers) {
+            let mut init = Vec::new();
+            let mut main = Vec::new();
+            for (i, c) in pod
+                .init_containers
+                .iter()
+                .chain(&pod.containers)
+                .enumerate()
+            {
                 let mut s = status_of(c);
                 s.pod = Some(pod.name.clone());
-                s.state = ContainerState::Failed;
-                s.detail = "pods are not supported by this version yet".into();
+                s.network = pod_network(pod).to_string();
+                s.ports.clear();
+                if i < pod.init_containers.len() {
+                    init.push(rows.len());
+                } else {
+                    main.push(rows.len());
+                }
                 rows.push(s);
             }
-            log::error!(
-                "pod {}: pods are not supported by this version yet; its containers do not run",
-                pod.name
-            );
+            pod_rows.push((init, main));
         }
         *lock(&table) = rows;
-        // Each container's "up" signal, for the ones that depend on it.
+        // Each container's and pod's "up" signal, for those that depend on it.
         let ups: BTreeMap<String, watch::Sender<bool>> = config
             .containers
             .iter()
-            .map(|c| (c.name.clone(), watch::channel(false).0))
+            .map(|c| c.name.clone())
+            .chain(config.pods.iter().map(|p| p.name.clone()))
+            .map(|n| (n, watch::channel(false).0))
             .collect();
-        let paths = Rc::new(paths);
-        let mut controls = BTreeMap::new();
-        let mut done = Vec::new();
-        for (index, c) in config.containers.iter().enumerate() {
-            let deps: Vec<(String, watch::Receiver<bool>)> = c
-                .depends_on
+        let deps_of = |names: &[String]| -> Vec<(String, watch::Receiver<bool>)> {
+            names
                 .iter()
                 .filter_map(|d| ups.get(d).map(|tx| (d.clone(), tx.subscribe())))
-                .collect();
+                .collect()
+        };
+        let paths = Rc::new(paths);
+        let net = Rc::new(net::NetSlot::new(modules));
+        let mut controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>> = BTreeMap::new();
+        let mut done = Vec::new();
+        for (index, c) in config.containers.iter().enumerate() {
+            let deps = deps_of(&c.depends_on);
             let Some(up) = ups.get(&c.name).cloned() else {
                 continue;
             };
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-            controls.insert(c.name.clone(), ctl_tx);
+            controls.entry(c.name.clone()).or_default().push(ctl_tx);
             let (done_tx, done_rx) = oneshot::channel();
             done.push(done_rx);
             let task = Task {
                 index,
+                id: c.name.clone(),
+                sandbox: None,
+                net: net.clone(),
                 spec: c.clone(),
                 paths: paths.clone(),
                 table: table.clone(),
                 up,
                 shutdown: shutdown.subscribe(),
                 control: ctl_rx,
+                one_shot: false,
             };
+            tokio::task::spawn_local(async move {
+                task.run(deps).await;
+                let _ = done_tx.send(());
+            });
+        }
+        for (pod, (init, main)) in config.pods.iter().zip(pod_rows) {
+            let Some(up) = ups.get(&pod.name).cloned() else {
+                continue;
+            };
+            // The pod's containers' dependencies, all waited for before its sandbox.
+            let mut names: Vec<String> = Vec::new();
+            for c in pod.init_containers.iter().chain(&pod.containers) {
+                for d in &c.depends_on {
+                    if ups.contains_key(d) && !names.contains(d) {
+                        names.push(d.clone());
+                    }
+                }
+            }
+            let mut ctl_rxs = Vec::new();
+            for c in &pod.containers {
+                let (tx, rx) = mpsc::unbounded_channel();
+                controls
+                    .entry(pod.name.clone())
+                    .or_default()
+                    .push(tx.clone());
+                controls
+                    .entry(format!("{}/{}", pod.name, c.name))
+                    .or_default()
+                    .push(tx);
+                ctl_rxs.push(rx);
+            }
+            let (done_tx, done_rx) = oneshot::channel();
+            done.push(done_rx);
+            let task = pod::PodTask {
+                pod: pod.clone(),
+                init_rows: init,
+                main_rows: main,
+                controls: ctl_rxs,
+                paths: paths.clone(),
+                net: net.clone(),
+                table: table.clone(),
+                up,
+                shutdown: shutdown.clone(),
+            };
+            let deps = deps_of(&names);
             tokio::task::spawn_local(async move {
                 task.run(deps).await;
                 let _ = done_tx.send(());
@@ -234,10 +306,10 @@ impl Supervisor {
 
     /// Carries out an API request.
     pub fn act(&self, name: &str, action: ContainerAction) -> Result<(), String> {
-        let tx = self.controls.get(name).ok_or_else(|| {
+        let txs = self.controls.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.controls.keys().map(String::as_str).collect();
             format!(
-                "no container named {name:?} in the config (containers: {})",
+                "no container or pod named {name:?} in the config (known: {})",
                 if known.is_empty() {
                     "none".to_string()
                 } else {
@@ -250,8 +322,11 @@ impl Supervisor {
             ContainerAction::Start => Control::Start,
             ContainerAction::Restart => Control::Restart,
         };
-        tx.send(control)
-            .map_err(|_| format!("container {name} is no longer supervised"))
+        for tx in txs {
+            tx.send(control)
+                .map_err(|_| format!("{name} is no longer supervised"))?;
+        }
+        Ok(())
     }
 
     /// Serves API requests until the channel closes.
@@ -272,15 +347,31 @@ impl Supervisor {
     }
 }
 
+/// The network a pod's containers share.
+fn pod_network(pod: &atoll_common::config::workload::Pod) -> &'static str {
+    match pod.network {
+        NetworkMode::Bridge => "bridge",
+        NetworkMode::Host => "host",
+        NetworkMode::None => "none",
+    }
+}
+
 /// One container's supervision.
-struct Task {
-    index: usize,
-    spec: Container,
-    paths: Rc<Paths>,
-    table: Table,
-    up: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
-    control: mpsc::UnboundedReceiver<Control>,
+pub(crate) struct Task {
+    pub(crate) index: usize,
+    /// See [`Launch::id`].
+    pub(crate) id: String,
+    /// The pod sandbox to join.
+    pub(crate) sandbox: Option<(i32, bool)>,
+    pub(crate) net: Rc<net::NetSlot>,
+    pub(crate) spec: Container,
+    pub(crate) paths: Rc<Paths>,
+    pub(crate) table: Table,
+    pub(crate) up: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) control: mpsc::UnboundedReceiver<Control>,
+    /// Run once (a pod's init container): return after the first exit.
+    pub(crate) one_shot: bool,
 }
 
 /// A started container.
@@ -289,6 +380,11 @@ struct Running {
     pid: u32,
     cgroup: Cgroup,
     started: Instant,
+    /// Its place on the bridge, removed when it ends.
+    attachment: Option<(
+        Arc<atoll_runtime::network::Bridge>,
+        atoll_runtime::network::Attachment,
+    )>,
 }
 
 /// How a run ended.
@@ -331,7 +427,7 @@ impl Task {
     }
 
     fn name(&self) -> &str {
-        &self.spec.name
+        &self.id
     }
 
     /// Resolves when shutdown starts (holds no borrow of `self`).
@@ -354,7 +450,9 @@ impl Task {
         }
     }
 
-    async fn run(mut self, deps: Vec<(String, watch::Receiver<bool>)>) {
+    /// Supervises until shutdown (`None`), or, for a one-shot task, until
+    /// its first exit (its exit code).
+    pub(crate) async fn run(mut self, deps: Vec<(String, watch::Receiver<bool>)>) -> Option<i32> {
         // 1. Dependencies.
         for (dep, mut rx) in deps {
             self.state(ContainerState::Waiting, format!("waiting for {dep}"));
@@ -432,6 +530,15 @@ impl Task {
                 };
                 log::info!("container {}: {detail}", self.name());
                 let _ = self.up.send(code == 0);
+                if self.one_shot {
+                    self.set(|s| {
+                        s.state = state;
+                        s.detail = detail.clone();
+                        s.exit_code = Some(code);
+                        s.pid = None;
+                    });
+                    return Some(code);
+                }
                 self.set(|s| {
                     s.state = state;
                     if s.detail.is_empty() || code != 127 {
@@ -467,9 +574,9 @@ impl Task {
             tokio::select! {
                 _ = tokio::time::sleep(d) => {}
                 _ = self.until_shutdown() => return self.final_state(),
-                c = self.control.recv() => {
+                c = self.next_control() => {
                     // `start`/`restart` during the backoff start it now.
-                    if c == Some(Control::Stop) {
+                    if c == Control::Stop {
                         self.state(ContainerState::Stopped, "stopped on request");
                         if !self.wait_for_start().await {
                             return self.final_state();
@@ -480,22 +587,28 @@ impl Task {
         }
     }
 
+    /// The next control request; never resolves once nobody can send one.
+    async fn next_control(&mut self) -> Control {
+        match self.control.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
     /// After an exit or a stop: waits for `start`/`restart` (true) or
     /// shutdown (false).
     async fn wait_for_start(&mut self) -> bool {
         loop {
             tokio::select! {
                 _ = self.until_shutdown() => return false,
-                c = self.control.recv() => match c {
-                    Some(Control::Start | Control::Restart) => return true,
-                    Some(Control::Stop) => {}
-                    None => return false,
+                c = self.next_control() => if c != Control::Stop {
+                    return true;
                 }
             }
         }
     }
 
-    fn final_state(&self) {
+    fn final_state(&self) -> Option<i32> {
         self.set(|s| {
             if matches!(
                 s.state,
@@ -510,6 +623,7 @@ impl Task {
             }
             s.pid = None;
         });
+        None
     }
 
     async fn get_image(&mut self) -> Result<(), String> {
@@ -540,19 +654,28 @@ impl Task {
     }
 
     async fn start(&mut self) -> Result<Running, String> {
-        if self.spec.network == NetworkMode::Bridge {
-            return Err(
-                "network = \"bridge\" is not supported by this version yet: use \"host\" or \"none\""
-                    .into(),
-            );
+        let mut launch = Launch {
+            id: self.id.clone(),
+            sandbox: self.sandbox,
+            bridge: None,
+        };
+        if self.sandbox.is_none() && self.spec.network == NetworkMode::Bridge {
+            launch.bridge = Some(self.net.bridge().await?);
         }
         let spec = self.spec.clone();
         let paths = self.paths.as_ref().clone();
-        let started = tokio::task::spawn_blocking(move || start_blocking(&spec, &paths))
+        let started = tokio::task::spawn_blocking(move || start_blocking(&spec, &paths, &launch))
             .await
             .map_err(|e| format!("start: {e}"))??;
         let (running, digest, out, err) = started;
         let pid = running.pid;
+        let address = running
+            .attachment
+            .as_ref()
+            .map(|(_, a)| a.address.to_string());
+        if address.is_some() {
+            self.set(|s| s.address = address);
+        }
         log::info!(
             "container {}: started ({}, pid {pid})",
             self.name(),
@@ -578,6 +701,7 @@ impl Task {
             pending,
             pid,
             cgroup,
+            attachment,
             ..
         } = running;
         let mut exit = Box::pin(pending.wait());
@@ -588,8 +712,8 @@ impl Task {
                     stop(self.name(), pid, &cgroup, &mut exit).await;
                     break Ended::Shutdown;
                 }
-                c = self.control.recv() => match c {
-                    Some(Control::Stop) => {
+                c = self.next_control() => match c {
+                    Control::Stop => {
                         self.state(ContainerState::Running, "stopping");
                         stop(self.name(), pid, &cgroup, &mut exit).await;
                         self.set(|s| {
@@ -599,12 +723,12 @@ impl Task {
                         });
                         break Ended::Stopped { restart: false };
                     }
-                    Some(Control::Restart) => {
+                    Control::Restart => {
                         self.state(ContainerState::Running, "restarting");
                         stop(self.name(), pid, &cgroup, &mut exit).await;
                         break Ended::Stopped { restart: true };
                     }
-                    Some(Control::Start) | None => {}
+                    Control::Start => {}
                 }
             }
         };
@@ -613,8 +737,14 @@ impl Task {
             if let Err(e) = cgroup.remove() {
                 log::warn!("container {name}: removing its cgroup: {e}");
             }
+            if let Some((bridge, a)) = attachment {
+                if let Err(e) = bridge.detach(&a) {
+                    log::warn!("container {name}: leaving the bridge: {e}");
+                }
+            }
         })
         .await;
+        self.set(|s| s.address = None);
         ended
     }
 }
@@ -644,20 +774,38 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), exit.as_mut()).await;
 }
 
+/// How a container is launched, beyond its config entry.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Launch {
+    /// Unique: its cgroup's and state directory's name, and its log name
+    /// (`NAME`, or `POD.NAME` for a pod's container).
+    pub id: String,
+    /// Join this pod sandbox's namespaces (pid; whether the pod uses the
+    /// host's network).
+    pub sandbox: Option<(i32, bool)>,
+    /// Connect its own network namespace to this bridge.
+    pub bridge: Option<Arc<atoll_runtime::network::Bridge>>,
+}
+
+/// A started container, its digest, and the read ends of its stdout and stderr.
 type Started = (Running, String, std::os::fd::OwnedFd, std::os::fd::OwnedFd);
 
-/// Prepares and forks the container (blocking).
-fn start_blocking(c: &Container, paths: &Paths) -> Result<Started, String> {
+/// Prepares and forks the container (blocking). A bridged container's
+/// init waits on its exec FIFO until its network is attached.
+fn start_blocking(c: &Container, paths: &Paths, launch: &Launch) -> Result<Started, String> {
     let store = Store::open(&paths.images.store).map_err(|e| format!("image store: {e}"))?;
-    let state_dir = paths.containers.join(&c.name);
-    let prepared = workload::prepare(&store, c, &state_dir, Some(&paths.resolv_conf))
+    let state_dir = paths.containers.join(&launch.id);
+    let mut prepared = workload::prepare(&store, c, &state_dir, Some(&paths.resolv_conf))
         .map_err(|e| e.to_string())?;
+    if let Some((pid, host_network)) = launch.sandbox {
+        atoll_runtime::run::sandbox::join(&mut prepared.spec, pid, host_network);
+    }
     // A cgroup left by an earlier run of this container (its processes are gone).
-    let stale = paths.cgroup_parent.join(&c.name);
+    let stale = paths.cgroup_parent.join(&launch.id);
     if stale.exists() {
         let _ = std::fs::remove_dir(&stale);
     }
-    let cgroup = Cgroup::create(&paths.cgroup_parent, &c.name, &prepared.resources)
+    let cgroup = Cgroup::create(&paths.cgroup_parent, &launch.id, &prepared.resources)
         .map_err(|e| format!("cgroup: {e}"))?;
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
@@ -669,26 +817,66 @@ fn start_blocking(c: &Container, paths: &Paths) -> Result<Started, String> {
         stdout: Some(out_w),
         stderr: Some(err_w),
     };
+    let options = process::StartOptions {
+        exec_fifo: match &launch.bridge {
+            Some(_) => Some(net::exec_fifo(&state_dir)?),
+            None => None,
+        },
+        controlling_terminal: false,
+    };
     let result = reaper::start_with(|| {
-        process::start(&prepared.spec, &prepared.rootfs, Some(&cgroup), stdio).map(|c| c.pid())
+        process::start_with(
+            &prepared.spec,
+            &prepared.rootfs,
+            Some(&cgroup),
+            stdio,
+            options,
+        )
+        .map(|c| c.pid())
     });
-    match result {
-        Ok(pending) => Ok((
-            Running {
-                pid: pending.pid,
-                pending,
-                cgroup,
-                started: Instant::now(),
-            },
-            prepared.image_digest,
-            out_r,
-            err_r,
-        )),
+    let pending = match result {
+        Ok(p) => p,
         Err(e) => {
             let _ = cgroup.remove();
-            Err(e.to_string())
+            return Err(e.to_string());
+        }
+    };
+    let pid = pending.pid;
+    let mut attachment = None;
+    if let Some(bridge) = &launch.bridge {
+        let ports: Vec<_> = c.ports.iter().filter_map(|p| p.get().copied()).collect();
+        let attached = bridge
+            .attach(&launch.id, pid as i32, &ports)
+            .map_err(|e| format!("network: {e}"))
+            .and_then(|a| match net::release(&state_dir, pid) {
+                Ok(()) => Ok(a),
+                Err(e) => {
+                    let _ = bridge.detach(&a);
+                    Err(e)
+                }
+            });
+        match attached {
+            Ok(a) => attachment = Some((bridge.clone(), a)),
+            Err(e) => {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = cgroup.remove();
+                return Err(e);
+            }
         }
     }
+    Ok((
+        Running {
+            pid,
+            pending,
+            cgroup,
+            started: Instant::now(),
+            attachment,
+        },
+        prepared.image_digest,
+        out_r,
+        err_r,
+    ))
 }
 
 #[cfg(test)]

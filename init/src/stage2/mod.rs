@@ -554,6 +554,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         &prov.config,
         crate::containers::Paths::default(),
         container_table,
+        db.clone(),
     ));
     tokio::task::spawn_local(supervisor.clone().serve_actions(actions_rx));
     steps.done("containers started");

@@ -24,6 +24,7 @@ pub mod cgroup;
 pub mod exec;
 pub mod process;
 pub mod rootfs;
+pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
 pub mod sys;
