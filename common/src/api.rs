@@ -59,6 +59,16 @@ pub enum Request {
         name: String,
         action: ContainerAction,
     },
+    /// Run a command in a running container (`NAME` or `POD/NAME`), with
+    /// its environment, user and privileges; stdin is /dev/null. The
+    /// answer: `exec-output` chunks, then `exec-exit`.
+    Exec {
+        name: String,
+        args: Vec<String>,
+        /// Kill it after this many milliseconds (default 60000).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// What [`Request::ContainerAction`] does.
@@ -162,6 +172,17 @@ pub enum Response {
     Net(Box<NetStatus>),
     Connect(ConnectReport),
     Containers(Vec<ContainerStatus>),
+    /// Output of an `exec`: `stream` is `stdout` or `stderr`.
+    ExecOutput {
+        stream: String,
+        data: String,
+    },
+    /// How an `exec` ended: its exit code (128 + N for signal N), or
+    /// `timed_out` (then it was killed).
+    ExecExit {
+        code: Option<i32>,
+        timed_out: bool,
+    },
     /// The request was carried out (poweroff/reboot) or the answer is complete.
     Done,
     Error {

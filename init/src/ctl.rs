@@ -28,6 +28,8 @@ pub mod exit {
     pub const INVALID: i32 = 5;
     /// `net connect`: the connection failed.
     pub const UNREACHED: i32 = 6;
+    /// `exec`: the command ran over its time and was killed (as timeout(1)).
+    pub const EXEC_TIMEOUT: i32 = 124;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +344,12 @@ pub enum Command {
     /// The containers (`ps`).
     Ps {
         json: bool,
+    },
+    /// Run a command in a container.
+    Exec {
+        name: String,
+        args: Vec<String>,
+        timeout_ms: Option<u64>,
     },
     /// `stop`, `start`, `restart` of a config container.
     Container {
@@ -667,6 +675,42 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
             } else {
                 print!("{}", format_containers(&list));
             }
+        }
+        Command::Exec {
+            name,
+            args,
+            timeout_ms,
+        } => {
+            let req = Request::Exec {
+                name,
+                args,
+                timeout_ms,
+            };
+            let mut end = None;
+            client.call(&req, |r| {
+                match r {
+                    Response::ExecOutput { stream, data } => {
+                        if stream == "stderr" {
+                            let mut e = std::io::stderr().lock();
+                            let _ = e.write_all(data.as_bytes()).and_then(|_| e.flush());
+                        } else {
+                            let mut o = stdout.lock();
+                            let _ = o.write_all(data.as_bytes()).and_then(|_| o.flush());
+                        }
+                    }
+                    Response::ExecExit { code, timed_out } => end = Some((code, timed_out)),
+                    _ => {}
+                }
+                true
+            })?;
+            return match end {
+                Some((_, true)) => {
+                    eprintln!("atollctl: exec: the command ran over its time and was killed");
+                    Ok(exit::EXEC_TIMEOUT)
+                }
+                Some((Some(code), false)) => Ok(code.clamp(0, 255)),
+                _ => Err(CtlError::Unexpected("no exit status in the answer".into())),
+            };
         }
         Command::Container { name, action } => {
             let req = Request::ContainerAction {

@@ -16,7 +16,8 @@ Exit codes:
   3  the host API could not be reached (no socket, nothing listening, no permission)
   4  the answer was cut short or not understood
   5  config validate: the file is not a valid config
-  6  net connect: the connection failed";
+  6  net connect: the connection failed
+  exec: the command's own exit status; 124 when it ran over --timeout";
 
 /// Talk to the Atoll host (PID 1's API).
 #[derive(Debug, Parser)]
@@ -70,6 +71,18 @@ enum Cmd {
     Ps {
         #[arg(long)]
         json: bool,
+    },
+    /// Run a command in a running container (`NAME` or `POD/NAME`) with its
+    /// environment, user and privileges; no stdin, no terminal. Exits with
+    /// the command's exit status.
+    Exec {
+        /// Kill the command after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        name: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Stop a container (SIGTERM, SIGKILL after 10 s) until `start` or the next boot.
     Stop { name: String },
@@ -132,6 +145,15 @@ fn main() -> ExitCode {
             json,
         },
         Cmd::Ps { json } => Command::Ps { json },
+        Cmd::Exec {
+            timeout,
+            name,
+            command,
+        } => Command::Exec {
+            name,
+            args: command,
+            timeout_ms: Some(timeout.saturating_mul(1000)),
+        },
         Cmd::Stop { name } => Command::Container {
             name,
             action: ContainerAction::Stop,

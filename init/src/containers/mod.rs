@@ -19,6 +19,8 @@
 //!
 //! The table of states is what `atollctl ps` shows.
 
+pub mod exec;
+pub mod health;
 pub mod image;
 pub mod logs;
 pub mod net;
@@ -57,8 +59,20 @@ pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/atoll";
 /// The shared table `atollctl ps` reads.
 pub type Table = Arc<Mutex<Vec<ContainerStatus>>>;
 
-/// A request from the API: which container, what to do, where to answer.
-pub type ActionRequest = (String, ContainerAction, oneshot::Sender<Result<(), String>>);
+/// A request from the API.
+#[derive(Debug)]
+pub enum ActionRequest {
+    /// Stop, start, restart: which container or pod, what, where to answer.
+    Action(String, ContainerAction, oneshot::Sender<Result<(), String>>),
+    /// Run a command in a container; the answers go to the sender (output,
+    /// then the exit, or an error).
+    Exec {
+        name: String,
+        args: Vec<String>,
+        timeout: Duration,
+        reply: mpsc::UnboundedSender<atoll_common::api::Response>,
+    },
+}
 
 /// Where the supervisor finds and keeps things.
 #[derive(Debug, Clone)]
@@ -129,6 +143,7 @@ pub struct Supervisor {
     controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>>,
     shutdown: watch::Sender<bool>,
     done: std::cell::RefCell<Vec<oneshot::Receiver<()>>>,
+    targets: Targets,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +232,7 @@ impl Supervisor {
         };
         let paths = Rc::new(paths);
         let net = Rc::new(net::NetSlot::new(modules));
+        let targets: Targets = Rc::default();
         let mut controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>> = BTreeMap::new();
         let mut done = Vec::new();
         for (index, c) in config.containers.iter().enumerate() {
@@ -240,6 +256,8 @@ impl Supervisor {
                 shutdown: shutdown.subscribe(),
                 control: ctl_rx,
                 one_shot: false,
+                targets: targets.clone(),
+                health: None,
             };
             tokio::task::spawn_local(async move {
                 task.run(deps).await;
@@ -284,6 +302,7 @@ impl Supervisor {
                 table: table.clone(),
                 up,
                 shutdown: shutdown.clone(),
+                targets: targets.clone(),
             };
             let deps = deps_of(&names);
             tokio::task::spawn_local(async move {
@@ -296,6 +315,7 @@ impl Supervisor {
             controls,
             shutdown,
             done: std::cell::RefCell::new(done),
+            targets,
         }
     }
 
@@ -331,8 +351,95 @@ impl Supervisor {
 
     /// Serves API requests until the channel closes.
     pub async fn serve_actions(self: Rc<Self>, mut rx: mpsc::UnboundedReceiver<ActionRequest>) {
-        while let Some((name, action, reply)) = rx.recv().await {
-            let _ = reply.send(self.act(&name, action));
+        use atoll_common::api::Response;
+        while let Some(req) = rx.recv().await {
+            match req {
+                ActionRequest::Action(name, action, reply) => {
+                    let _ = reply.send(self.act(&name, action));
+                }
+                ActionRequest::Exec {
+                    name,
+                    args,
+                    timeout,
+                    reply,
+                } => {
+                    let id = name.replacen('/', ".", 1);
+                    let target = self.targets.borrow().get(&id).cloned();
+                    let Some(target) = target else {
+                        let known = self.controls.contains_key(&name);
+                        let message = if known {
+                            format!("container {name} is not running")
+                        } else {
+                            format!("no container named {name:?} in the config")
+                        };
+                        let _ = reply.send(Response::Error { message });
+                        continue;
+                    };
+                    log::info!("container {name}: exec {args:?}");
+                    tokio::task::spawn_local(async move {
+                        let out = reply.clone();
+                        let end = exec::run(&target, args, timeout, |stream, data| {
+                            let _ = out.send(Response::ExecOutput {
+                                stream: stream.to_string(),
+                                data,
+                            });
+                        })
+                        .await;
+                        let last = match end {
+                            Ok(exec::ExecEnd::Exited(code)) => Response::ExecExit {
+                                code: Some(code),
+                                timed_out: false,
+                            },
+                            Ok(exec::ExecEnd::TimedOut) => Response::ExecExit {
+                                code: None,
+                                timed_out: true,
+                            },
+                            Err(message) => Response::Error { message },
+                        };
+                        let _ = reply.send(last);
+                    });
+                }
+            }
+        }
+    }
+
+    /// For the boot assessment of a trial boot: waits until every container
+    /// with a healthcheck is healthy. `Err` names those that are not when
+    /// one turns unhealthy or `deadline` passes.
+    pub async fn wait_healthy(&self, deadline: Duration) -> Result<(), String> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let (pending, unhealthy): (Vec<String>, Vec<String>) = {
+                let t = lock(&self.table);
+                let checked: Vec<&ContainerStatus> =
+                    t.iter().filter(|s| s.health.is_some()).collect();
+                (
+                    checked
+                        .iter()
+                        .filter(|s| s.health.as_deref() != Some("healthy"))
+                        .map(|s| format!("{} ({})", s.name, s.health.as_deref().unwrap_or("")))
+                        .collect(),
+                    checked
+                        .iter()
+                        .filter(|s| s.health.as_deref() == Some("unhealthy"))
+                        .map(|s| s.name.clone())
+                        .collect(),
+                )
+            };
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if !unhealthy.is_empty() {
+                return Err(format!("unhealthy: {}", unhealthy.join(", ")));
+            }
+            if tokio::time::Instant::now() >= end {
+                return Err(format!(
+                    "not healthy after {} s: {}",
+                    deadline.as_secs(),
+                    pending.join(", ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -372,7 +479,14 @@ pub(crate) struct Task {
     pub(crate) control: mpsc::UnboundedReceiver<Control>,
     /// Run once (a pod's init container): return after the first exit.
     pub(crate) one_shot: bool,
+    /// Running containers, for exec.
+    pub(crate) targets: Targets,
+    /// The healthcheck loop of the current run.
+    pub(crate) health: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Running containers by id (and name), for exec.
+pub(crate) type Targets = Rc<std::cell::RefCell<BTreeMap<String, exec::ExecTarget>>>;
 
 /// A started container.
 struct Running {
@@ -667,7 +781,25 @@ impl Task {
         let started = tokio::task::spawn_blocking(move || start_blocking(&spec, &paths, &launch))
             .await
             .map_err(|e| format!("start: {e}"))??;
-        let (running, digest, out, err) = started;
+        let (running, digest, out, err, spec) = started;
+        let target = exec::ExecTarget {
+            pid: running.pid,
+            spec,
+            cgroup_parent: self.paths.cgroup_parent.clone(),
+            cgroup_name: self.id.clone(),
+        };
+        self.targets
+            .borrow_mut()
+            .insert(self.id.clone(), target.clone());
+        if let Some(hc) = &self.spec.healthcheck {
+            let cfg = atoll_runtime::health::HealthConfig::from(hc);
+            let args = hc.command.clone();
+            let table = self.table.clone();
+            let index = self.index;
+            let id = self.id.clone();
+            let h = tokio::task::spawn_local(health::watch(id, target, cfg, args, table, index));
+            self.health = Some(h);
+        }
         let pid = running.pid;
         let address = running
             .attachment
@@ -745,6 +877,10 @@ impl Task {
         })
         .await;
         self.set(|s| s.address = None);
+        self.targets.borrow_mut().remove(&self.id);
+        if let Some(h) = self.health.take() {
+            h.abort();
+        }
         ended
     }
 }
@@ -788,7 +924,13 @@ pub(crate) struct Launch {
 }
 
 /// A started container, its digest, and the read ends of its stdout and stderr.
-type Started = (Running, String, std::os::fd::OwnedFd, std::os::fd::OwnedFd);
+type Started = (
+    Running,
+    String,
+    std::os::fd::OwnedFd,
+    std::os::fd::OwnedFd,
+    atoll_runtime::run::spec::Spec,
+);
 
 /// Prepares and forks the container (blocking). A bridged container's
 /// init waits on its exec FIFO until its network is attached.
@@ -876,6 +1018,7 @@ fn start_blocking(c: &Container, paths: &Paths, launch: &Launch) -> Result<Start
         prepared.image_digest,
         out_r,
         err_r,
+        prepared.spec,
     ))
 }
 

@@ -32,6 +32,7 @@ pub(crate) struct PodTask {
     pub table: Table,
     pub up: watch::Sender<bool>,
     pub shutdown: watch::Sender<bool>,
+    pub targets: super::Targets,
 }
 
 /// The sandbox and what it holds.
@@ -95,6 +96,8 @@ impl PodTask {
             shutdown: self.shutdown.subscribe(),
             control: mpsc::unbounded_channel().1,
             one_shot: init,
+            targets: self.targets.clone(),
+            health: None,
         }
     }
 

@@ -210,9 +210,47 @@ where
                 send(&mut writer, &Response::Containers(r)).await
                     && send(&mut writer, &Response::Done).await
             }
+            Request::Exec {
+                name,
+                args,
+                timeout_ms,
+            } => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let req = crate::containers::ActionRequest::Exec {
+                    name,
+                    args,
+                    timeout: Duration::from_millis(
+                        timeout_ms.unwrap_or(60_000).clamp(1, 86_400_000),
+                    ),
+                    reply: tx,
+                };
+                if ctx.container_actions.send(req).is_err() {
+                    send(
+                        &mut writer,
+                        &Response::Error {
+                            message: "the container supervisor is not running yet".into(),
+                        },
+                    )
+                    .await
+                } else {
+                    let mut ok = true;
+                    let mut error = false;
+                    while let Some(r) = rx.recv().await {
+                        error = matches!(r, Response::Error { .. });
+                        let last = error || matches!(r, Response::ExecExit { .. });
+                        ok = send(&mut writer, &r).await;
+                        if !ok || last {
+                            break;
+                        }
+                    }
+                    // An error answer ends the request by itself.
+                    ok && (error || send(&mut writer, &Response::Done).await)
+                }
+            }
             Request::ContainerAction { name, action } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let answer = match ctx.container_actions.send((name, action, tx)) {
+                let req = crate::containers::ActionRequest::Action(name, action, tx);
+                let answer = match ctx.container_actions.send(req) {
                     Ok(()) => rx
                         .await
                         .unwrap_or_else(|_| Err("the container supervisor is not running".into())),
@@ -501,7 +539,10 @@ mod tests {
             });
             // A stand-in for the supervisor: knows "web" only.
             tokio::spawn(async move {
-                while let Some((name, _action, reply)) = actions_rx.recv().await {
+                while let Some(req) = actions_rx.recv().await {
+                    let crate::containers::ActionRequest::Action(name, _action, reply) = req else {
+                        continue;
+                    };
                     let r: Result<(), String> = if name == "web" {
                         Ok(())
                     } else {
