@@ -261,6 +261,9 @@ pub struct NetUser {
     /// The first address DHCP hands out (`dhcpstart=`).
     pub dhcp_start: Option<Ipv4Addr>,
     pub guestfwds: Vec<GuestFwd>,
+    /// TCP `(host port on 127.0.0.1, guest port)` pairs: the host's
+    /// connections reach the guest's port (`hostfwd=`).
+    pub hostfwds: Vec<(u16, u16)>,
     /// The NIC's MAC address (QEMU's default: 52:54:00:12:34:56).
     pub mac: Option<[u8; 6]>,
     /// Let the guest out through the host (`restrict=off`): a gateway and
@@ -310,6 +313,13 @@ impl NetUser {
             guest_port,
             host_port,
         });
+        self
+    }
+
+    /// Connections to the host's `127.0.0.1:host_port` reach the guest's
+    /// `guest_port` (TCP).
+    pub fn hostfwd(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.hostfwds.push((host_port, guest_port));
         self
     }
 
@@ -388,6 +398,9 @@ impl NetUser {
         for f in &self.guestfwds {
             a += ",guestfwd=";
             a += &f.arg();
+        }
+        for (host, guest) in &self.hostfwds {
+            a += &format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}");
         }
         a
     }

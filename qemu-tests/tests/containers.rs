@@ -1,0 +1,482 @@
+//! Containers in real guests (docs/containers.md): the default config's
+//! container from the preloaded image; pulls from a real registry
+//! (Debian's docker-registry on the host's loopback, through guestfwd) by
+//! tag and by digest; a web server on the bridge reached from the host on
+//! its published port; limits (memory, pids), capabilities and seccomp seen
+//! from inside; a crash loop restarted with backoff; a pod whose
+//! containers talk over localhost after its init container; exec, logs,
+//! stop/start; every container stopped cleanly at power-off.
+
+mod common;
+
+use std::error::Error;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use atoll_common::api::{
+    ContainerAction, ContainerState, ContainerStatus, LogRecord, Request, Response,
+};
+use atoll_common::layout::FW_CFG_CONFIG;
+use qemu_tests::registry::{busybox_image, Registry};
+use qemu_tests::vm::{Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// How long a container may take to reach a state after ready (TCG).
+const CONTAINER_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn ps(vm: &Vm) -> Result<Vec<ContainerStatus>, VmError> {
+    for r in vm.api(&Request::Containers)? {
+        if let Response::Containers(c) = r {
+            return Ok(c);
+        }
+    }
+    Err(vm.fail("containers gave no list"))
+}
+
+/// Waits until `name`'s row satisfies `f`.
+fn wait_container(
+    vm: &Vm,
+    name: &str,
+    what: &str,
+    f: impl Fn(&ContainerStatus) -> bool,
+) -> Result<ContainerStatus, VmError> {
+    let deadline = Instant::now() + CONTAINER_TIMEOUT;
+    loop {
+        let list = ps(vm)?;
+        if let Some(c) = list.iter().find(|c| c.name == name) {
+            if f(c) {
+                return Ok(c.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(vm.fail(format!("container {name} never got {what}: {c:?}")));
+            }
+        } else if Instant::now() >= deadline {
+            return Err(vm.fail(format!("no container {name} in {list:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `exec`: the output (stdout and stderr) and the exit code.
+fn exec(vm: &Vm, name: &str, args: &[&str]) -> Result<(String, Option<i32>), VmError> {
+    let req = Request::Exec {
+        name: name.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: Some(30_000),
+    };
+    let mut out = String::new();
+    let mut code = None;
+    for r in vm.api(&req)? {
+        match r {
+            Response::ExecOutput { data, .. } => out.push_str(&data),
+            Response::ExecExit { code: c, .. } => code = c,
+            Response::Error { message } => {
+                return Err(vm.fail(format!("exec {args:?} in {name}: {message}")))
+            }
+            _ => {}
+        }
+    }
+    Ok((out, code))
+}
+
+fn action(vm: &Vm, name: &str, action: ContainerAction) -> Result<(), VmError> {
+    let req = Request::ContainerAction {
+        name: name.into(),
+        action,
+    };
+    let r = vm.api(&req)?;
+    vm.check(r.last() == Some(&Response::Done), || {
+        format!("{action:?} {name}: {r:?}")
+    })
+}
+
+fn logs_of(vm: &Vm, ident: &str) -> Result<Vec<LogRecord>, VmError> {
+    let req = Request::Logs {
+        lines: 0,
+        follow: false,
+        ident: Some(ident.into()),
+    };
+    Ok(vm
+        .api(&req)?
+        .into_iter()
+        .filter_map(|r| match r {
+            Response::Log(l) => Some(l),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The status line `key:\tvalue` of `/proc/self/status` text.
+fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+}
+
+/// Powers off and checks every container was stopped on the way.
+fn poweroff_stops(vm: &Vm, names: &[&str]) -> TestResult {
+    vm.poweroff()?;
+    vm.wait_exit(SHUTDOWN_TIMEOUT)?;
+    let text = vm.console_text();
+    for n in names {
+        vm.check(text.contains(&format!("container {n}: stopped")), || {
+            format!("no clean stop of {n} on the console")
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn default_config_runs_hello_with_docker_isolation() -> TestResult {
+    // No config source: the built-in default, which runs `hello`.
+    let vm = Vm::builder("containers_default").start()?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    vm.wait_for("hello from container hello on Atoll", CONTAINER_TIMEOUT)?;
+    let c = wait_container(&vm, "hello", "running", |c| {
+        c.state == ContainerState::Running
+    })?;
+    vm.check(
+        c.image == "localhost/atoll/busybox:latest" && c.pid.is_some() && c.restarts == 0,
+        || format!("hello: {c:?}"),
+    )?;
+    let logs = logs_of(&vm, "hello")?;
+    vm.check(
+        logs.iter().any(|l| {
+            l.message == "hello from container hello on Atoll"
+                && l.stream.as_deref() == Some("stdout")
+                && l.container.as_deref() == Some("hello")
+        }),
+        || format!("hello's output is not in its log: {logs:?}"),
+    )?;
+
+    // Inside: its own hostname and pid namespace, Docker's capabilities,
+    // no_new_privs, the seccomp filter, a read-only root.
+    let (host, code) = exec(&vm, "hello", &["hostname"])?;
+    vm.check(host.trim() == "hello" && code == Some(0), || {
+        format!("hostname in hello: {host:?} {code:?}")
+    })?;
+    let (status, _) = exec(&vm, "hello", &["cat", "/proc/self/status"])?;
+    vm.check(
+        status_field(&status, "CapEff") == Some("00000000a80425fb")
+            && status_field(&status, "CapBnd") == Some("00000000a80425fb"),
+        || format!("capabilities are not Docker's default set:\n{status}"),
+    )?;
+    vm.check(
+        status_field(&status, "NoNewPrivs") == Some("1")
+            && status_field(&status, "Seccomp") == Some("2"),
+        || format!("no_new_privs or seccomp missing:\n{status}"),
+    )?;
+    let (ps1, _) = exec(&vm, "hello", &["cat", "/proc/1/cmdline"])?;
+    vm.check(ps1.starts_with("/bin/sh"), || {
+        format!("pid 1 in the container is not its shell: {ps1:?}")
+    })?;
+    // The seccomp filter refuses unshare even though the capability bounds
+    // would let root try; the root is read-only.
+    let (_, code) = exec(&vm, "hello", &["unshare", "-n", "true"])?;
+    vm.check(code != Some(0), || {
+        "unshare worked inside the container".into()
+    })?;
+    let (out, code) = exec(&vm, "hello", &["touch", "/x"])?;
+    vm.check(code != Some(0) && out.contains("Read-only"), || {
+        format!("the read-only root took a write: {out:?} {code:?}")
+    })?;
+    let (_, code) = exec(&vm, "hello", &["sh", "-c", "exit 7"])?;
+    vm.check(code == Some(7), || format!("exec's exit code: {code:?}"))?;
+
+    // stop, start, restart.
+    action(&vm, "hello", ContainerAction::Stop)?;
+    wait_container(&vm, "hello", "stopped", |c| {
+        c.state == ContainerState::Stopped
+    })?;
+    action(&vm, "hello", ContainerAction::Start)?;
+    let again = wait_container(&vm, "hello", "running again", |c| {
+        c.state == ContainerState::Running
+    })?;
+    vm.check(again.pid != c.pid, || {
+        "start did not start a new init".into()
+    })?;
+    poweroff_stops(&vm, &["hello"])
+}
+
+const LIMITS: &str = r#"
+[[containers]]
+name = "oom"
+image = "localhost/atoll/busybox:latest"
+network = "none"
+restart = "no"
+memory = "16M"
+command = ["/bin/sh", "-c", "echo filling; dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived"]
+
+[[containers]]
+name = "pids"
+image = "localhost/atoll/busybox:latest"
+network = "none"
+restart = "no"
+pids_limit = 6
+command = ["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done; echo forked; wait"]
+
+[[containers]]
+name = "crash"
+image = "localhost/atoll/busybox:latest"
+network = "none"
+restart = "on-failure"
+max_retries = 3
+command = ["/bin/sh", "-c", "echo crashing; exit 3"]
+"#;
+
+#[test]
+fn limits_and_a_crash_loop_with_backoff() -> TestResult {
+    let vm = Vm::builder("containers_limits")
+        .fw_cfg_string(FW_CFG_CONFIG, LIMITS)
+        .start()?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    // The memory limit: the kernel's OOM killer ends it (SIGKILL).
+    let oom = wait_container(&vm, "oom", "exited", |c| c.state == ContainerState::Exited)?;
+    vm.check(oom.exit_code == Some(137), || {
+        format!("oom did not die of SIGKILL: {oom:?}")
+    })?;
+    let out: Vec<String> = logs_of(&vm, "oom")?
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    vm.check(
+        out.contains(&"filling".to_string()) && !out.contains(&"survived".to_string()),
+        || format!("oom's output: {out:?}"),
+    )?;
+    // The pids limit: forks fail past it.
+    wait_container(&vm, "pids", "running", |c| {
+        c.state != ContainerState::Waiting && c.state != ContainerState::Pulling
+    })?;
+    let deadline = Instant::now() + CONTAINER_TIMEOUT;
+    loop {
+        let out: Vec<String> = logs_of(&vm, "pids")?
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        if out.iter().any(|l| l.contains("can't fork")) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(vm
+                .fail(format!("no fork failure under pids.max: {out:?}"))
+                .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The crash loop: 1 + 3 runs, then given up, with growing delays.
+    let crash = wait_container(&vm, "crash", "failed", |c| {
+        c.state == ContainerState::Failed
+    })?;
+    vm.check(
+        crash.restarts == 3 && crash.exit_code == Some(3) && crash.detail.contains("gave up"),
+        || format!("crash: {crash:?}"),
+    )?;
+    let runs: Vec<u64> = logs_of(&vm, "crash")?
+        .into_iter()
+        .filter(|l| l.message == "crashing")
+        .map(|l| l.boottime_us)
+        .collect();
+    vm.check(runs.len() == 4, || {
+        format!("crash ran {} times, not 4", runs.len())
+    })?;
+    let gaps: Vec<u64> = runs.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
+    // Backoff 0.5 s, 1 s, 2 s (plus the time to start, which TCG stretches).
+    vm.check(
+        gaps[0] >= 450 && gaps[1] >= 950 && gaps[2] >= 1950 && gaps[2] > gaps[0],
+        || format!("restart gaps in ms do not back off: {gaps:?}"),
+    )?;
+    poweroff_stops(&vm, &["pids"])
+}
+
+const POD: &str = r#"
+[[pods]]
+name = "duo"
+network = "none"
+
+[[pods.init_containers]]
+name = "setup"
+image = "localhost/atoll/busybox:latest"
+command = ["/bin/sh", "-c", "echo init-done"]
+
+[[pods.containers]]
+name = "server"
+image = "localhost/atoll/busybox:latest"
+command = ["/bin/sh", "-c", "nc -l -p 7000"]
+
+[[pods.containers]]
+name = "client"
+image = "localhost/atoll/busybox:latest"
+command = ["/bin/sh", "-c", "until echo ping-over-localhost | nc 127.0.0.1 7000; do sleep 0.2; done; echo sent; exec sleep 3600"]
+"#;
+
+#[test]
+fn pod_containers_share_localhost_after_init() -> TestResult {
+    let vm = Vm::builder("containers_pod")
+        .fw_cfg_string(FW_CFG_CONFIG, POD)
+        .start()?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    vm.wait_for("ping-over-localhost", CONTAINER_TIMEOUT)?;
+    let init = logs_of(&vm, "duo.setup")?;
+    let server = logs_of(&vm, "duo.server")?;
+    vm.check(init.iter().any(|l| l.message == "init-done"), || {
+        format!("the init container's output: {init:?}")
+    })?;
+    let first_init = init.first().map(|l| l.boottime_us).unwrap_or(u64::MAX);
+    let got = server.iter().find(|l| l.message == "ping-over-localhost");
+    vm.check(got.is_some_and(|l| l.boottime_us > first_init), || {
+        format!("the server got nothing after init: {server:?}")
+    })?;
+    // Both share the pod's UTS namespace: the pod's hostname.
+    let (host, _) = exec(&vm, "duo/client", &["hostname"])?;
+    vm.check(host.trim() == "duo", || format!("client hostname {host:?}"))?;
+    let list = ps(&vm)?;
+    vm.check(
+        list.iter()
+            .filter(|c| c.pod.as_deref() == Some("duo"))
+            .count()
+            == 3,
+        || format!("ps does not list the pod's three containers: {list:?}"),
+    )?;
+    poweroff_stops(&vm, &["duo.client"])
+}
+
+/// Host port forwarded to the guest's published port 8080.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080)
+}
+
+fn http_get(port: u16) -> Result<String, std::io::Error> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+#[test]
+fn registry_pulls_and_a_published_web_server() -> TestResult {
+    let registry = Registry::start()?;
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("web.tar");
+    busybox_image(
+        "localhost/test/web:1",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo served-by-atoll > /var/www/index.html; exec httpd -f -v -p 80 -h /var/www",
+        ],
+        &archive,
+    )?;
+    let digest = registry.push(&archive, "test/web:1")?;
+    let other = dir.path().join("tool.tar");
+    busybox_image(
+        "localhost/test/tool:2",
+        &["/bin/sh", "-c", "echo pulled-by-digest; exec sleep 3600"],
+        &other,
+    )?;
+    let tool_digest = registry.push(&other, "test/tool:2")?;
+    let host = Registry::guest_host();
+    let config = format!(
+        r#"
+[registries]
+insecure = ["{host}"]
+
+[[containers]]
+name = "web"
+image = "{host}/test/web:1"
+ports = ["8080:80"]
+
+[[containers]]
+name = "tool"
+image = "{host}/test/tool@{tool_digest}"
+network = "none"
+depends_on = ["web"]
+"#
+    );
+    let port = free_port();
+    let vm = Vm::builder("containers_registry")
+        .net_user(registry.net_user().hostfwd(port, 8080))
+        .fw_cfg_string(FW_CFG_CONFIG, config)
+        .start()?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    let web = wait_container(&vm, "web", "running", |c| {
+        c.state == ContainerState::Running
+    })?;
+    vm.check(
+        web.image_digest.as_deref() == Some(digest.as_str())
+            && web.network == "bridge"
+            && web
+                .address
+                .as_deref()
+                .is_some_and(|a| a.starts_with("10.88.")),
+        || format!("web: {web:?} (pushed {digest})"),
+    )?;
+    vm.wait_for("pulled-by-digest", CONTAINER_TIMEOUT)?;
+    // From the host, through QEMU's hostfwd to the guest's port 8080, then
+    // the bridge's DNAT to the container's port 80.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match http_get(port) {
+            Ok(b) if b.contains("served-by-atoll") => break b,
+            other if Instant::now() >= deadline => {
+                return Err(vm
+                    .fail(format!("no page from the published port: {other:?}"))
+                    .into())
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    vm.check(body.starts_with("HTTP/1.0 200"), || {
+        format!("reply: {body}")
+    })?;
+    // The container reaches out through the host's NAT: here, to the registry.
+    let (out, code) = exec(
+        &vm,
+        "web",
+        &["wget", "-q", "-O", "-", &format!("http://{host}/v2/")],
+    )?;
+    vm.check(code == Some(0), || {
+        format!("the container cannot reach the registry through NAT: {out:?} {code:?}")
+    })?;
+    poweroff_stops(&vm, &["web", "tool"])
+}
+
+#[test]
+fn a_wrong_digest_is_refused() -> TestResult {
+    let registry = Registry::start()?;
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("a.tar");
+    busybox_image("localhost/test/a:1", &["true"], &archive)?;
+    registry.push(&archive, "test/a:1")?;
+    let host = Registry::guest_host();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let config = format!(
+        r#"
+[registries]
+insecure = ["{host}"]
+
+[[containers]]
+name = "wrong"
+image = "{host}/test/a@{wrong}"
+network = "none"
+"#
+    );
+    let vm = Vm::builder("containers_wrong_digest")
+        .net_user(registry.net_user())
+        .fw_cfg_string(FW_CFG_CONFIG, config)
+        .start()?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    let c = wait_container(&vm, "wrong", "a pull error", |c| {
+        c.state == ContainerState::Pulling && c.detail.contains("pull failed")
+    })?;
+    vm.check(c.pid.is_none(), || format!("a container ran: {c:?}"))?;
+    vm.poweroff()?;
+    vm.wait_exit(SHUTDOWN_TIMEOUT)?;
+    Ok(())
+}
