@@ -191,7 +191,15 @@ impl Supervisor {
         modules: Option<Arc<crate::modules::ModuleDb>>,
     ) -> Self {
         let (shutdown, _) = watch::channel(false);
-        let mut rows: Vec<ContainerStatus> = config.containers.iter().map(status_of).collect();
+        // The admin container, when enabled, is supervised as one more.
+        let admin = admin_container(config);
+        let containers: Vec<Container> = config
+            .containers
+            .iter()
+            .cloned()
+            .chain(admin.clone())
+            .collect();
+        let mut rows: Vec<ContainerStatus> = containers.iter().map(status_of).collect();
         let mut pod_rows = Vec::new();
         for pod in &config.pods {
             let mut init = Vec::new();
@@ -217,8 +225,7 @@ impl Supervisor {
         }
         *lock(&table) = rows;
         // Each container's and pod's "up" signal, for those that depend on it.
-        let ups: BTreeMap<String, watch::Sender<bool>> = config
-            .containers
+        let ups: BTreeMap<String, watch::Sender<bool>> = containers
             .iter()
             .map(|c| c.name.clone())
             .chain(config.pods.iter().map(|p| p.name.clone()))
@@ -235,7 +242,7 @@ impl Supervisor {
         let targets: Targets = Rc::default();
         let mut controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>> = BTreeMap::new();
         let mut done = Vec::new();
-        for (index, c) in config.containers.iter().enumerate() {
+        for (index, c) in containers.iter().enumerate() {
             let deps = deps_of(&c.depends_on);
             let Some(up) = ups.get(&c.name).cloned() else {
                 continue;
@@ -258,6 +265,11 @@ impl Supervisor {
                 one_shot: false,
                 targets: targets.clone(),
                 health: None,
+                mounts: if Some(c) == admin.as_ref() {
+                    admin_mounts()
+                } else {
+                    Vec::new()
+                },
             };
             tokio::task::spawn_local(async move {
                 task.run(deps).await;
@@ -454,6 +466,61 @@ impl Supervisor {
     }
 }
 
+/// The admin container's name.
+pub const ADMIN_NAME: &str = "admin";
+
+/// `[admin]` as a container: privileged, in the host's network, restarted
+/// always; the host API socket, the admin SSH keys and `atollctl` mounted
+/// in, its home (`/root`) on the named volume `admin-home`.
+fn admin_container(config: &Config) -> Option<Container> {
+    let a = &config.admin;
+    let image = a.image.clone().filter(|_| a.enabled)?;
+    if config.containers.iter().any(|c| c.name == ADMIN_NAME)
+        || config.pods.iter().any(|p| p.name == ADMIN_NAME)
+    {
+        log::error!(
+            "[admin] is enabled but a container or pod is already named {ADMIN_NAME:?}: \
+             the admin container does not run"
+        );
+        return None;
+    }
+    Some(Container {
+        name: ADMIN_NAME.into(),
+        image,
+        network: NetworkMode::Host,
+        privileged: true,
+        restart: RestartPolicy::Always,
+        volumes: vec![atoll_common::config::value::Parsed::new("admin-home:/root")],
+        ..Container::default()
+    })
+}
+
+/// What the admin container gets from the host.
+fn admin_mounts() -> Vec<atoll_runtime::run::spec::Mount> {
+    use atoll_runtime::run::spec::Mount;
+    use std::path::Path;
+    let keys = Path::new(crate::provision::apply::ADMIN_KEYS);
+    let mut m = vec![
+        Mount::bind(
+            Path::new(layout::API_SOCKET),
+            Path::new(layout::API_SOCKET),
+            false,
+        ),
+        Mount::bind(
+            Path::new(layout::SLOT_ATOLLCTL),
+            Path::new("/usr/local/bin/atollctl"),
+            true,
+        ),
+    ];
+    // Written by the config step when [admin] lists keys.
+    if keys.exists() {
+        m.push(Mount::bind(keys, keys, true));
+    } else {
+        log::warn!("[admin] lists no ssh_authorized_keys: the admin container gets none");
+    }
+    m
+}
+
 /// The network a pod's containers share.
 fn pod_network(pod: &atoll_common::config::workload::Pod) -> &'static str {
     match pod.network {
@@ -483,6 +550,8 @@ pub(crate) struct Task {
     pub(crate) targets: Targets,
     /// The healthcheck loop of the current run.
     pub(crate) health: Option<tokio::task::JoinHandle<()>>,
+    /// See [`Launch::mounts`].
+    pub(crate) mounts: Vec<atoll_runtime::run::spec::Mount>,
 }
 
 /// Running containers by id (and name), for exec.
@@ -772,6 +841,7 @@ impl Task {
             id: self.id.clone(),
             sandbox: self.sandbox,
             bridge: None,
+            mounts: self.mounts.clone(),
         };
         if self.sandbox.is_none() && self.spec.network == NetworkMode::Bridge {
             launch.bridge = Some(self.net.bridge().await?);
@@ -921,6 +991,8 @@ pub(crate) struct Launch {
     pub sandbox: Option<(i32, bool)>,
     /// Connect its own network namespace to this bridge.
     pub bridge: Option<Arc<atoll_runtime::network::Bridge>>,
+    /// Host paths mounted in besides its volumes (the admin container's).
+    pub mounts: Vec<atoll_runtime::run::spec::Mount>,
 }
 
 /// A started container, its digest, and the read ends of its stdout and stderr.
@@ -942,6 +1014,7 @@ fn start_blocking(c: &Container, paths: &Paths, launch: &Launch) -> Result<Start
     if let Some((pid, host_network)) = launch.sandbox {
         atoll_runtime::run::sandbox::join(&mut prepared.spec, pid, host_network);
     }
+    prepared.spec.mounts.extend(launch.mounts.iter().cloned());
     // A cgroup left by an earlier run of this container (its processes are gone).
     let stale = paths.cgroup_parent.join(&launch.id);
     if stale.exists() {

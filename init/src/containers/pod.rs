@@ -98,6 +98,7 @@ impl PodTask {
             one_shot: init,
             targets: self.targets.clone(),
             health: None,
+            mounts: Vec::new(),
         }
     }
 
