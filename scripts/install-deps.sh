@@ -24,6 +24,7 @@ packages=(
     docker-registry   # a real OCI registry for the runtime's pull tests
     busybox-static    # a tiny root file system for the runtime's container tests
     runc              # the peer the runtime's OCI command line is compared with
+    crun              # the other peer of the container lifecycle benchmark
 )
 
 missing=()
