@@ -37,6 +37,7 @@ pub mod reference;
 #[cfg(feature = "pull")]
 pub mod registry;
 pub mod run;
+pub mod signature;
 pub mod store;
 pub mod unpack;
 pub mod workload;
