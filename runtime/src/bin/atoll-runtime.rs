@@ -9,12 +9,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use atoll_common::config::{Registries, SignatureKey, TextValue};
 use atoll_runtime::manifest::Platform;
 use atoll_runtime::oci::lifecycle::{self, CreateOptions};
 use atoll_runtime::oci::state::rfc3339_now;
 use atoll_runtime::oci::{StateRoot, DEFAULT_ROOT};
 use atoll_runtime::pull::Progress;
 use atoll_runtime::reference::Reference;
+use atoll_runtime::signature;
 use atoll_runtime::store::Store;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -121,6 +123,27 @@ enum Command {
         /// The image reference (`nginx:1.27`, `registry:5000/app@sha256:…`).
         reference: String,
     },
+    /// Check an image in the store against an ed25519 key (not a runc
+    /// command: PID 1 runs it before starting a container with a
+    /// `signature_key`). Uses the stored signature, else fetches the
+    /// `sha256-<hex>.sig` artifact from the image's repository and stores
+    /// it once it verifies. Prints the verified manifest digest; exits 1
+    /// if the image is not signed by KEY.
+    Verify {
+        /// The image store.
+        #[arg(long, default_value = atoll_common::layout::VAR_IMAGES)]
+        store: PathBuf,
+        /// The host config whose [registries] (mirrors, credentials,
+        /// insecure) apply [default: none].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The ed25519 public key, 32 bytes in base64 or hex (as the
+        /// config's `signature_key`).
+        #[arg(long, value_name = "KEY")]
+        key: String,
+        /// The image reference, as it was pulled.
+        image: String,
+    },
     /// Import the images of an OCI archive or `docker save` tar into the store.
     Import {
         #[arg(long, default_value = atoll_common::layout::VAR_IMAGES)]
@@ -198,6 +221,12 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             config,
             reference,
         } => pull(store, config.as_deref(), reference)?,
+        Command::Verify {
+            store,
+            config,
+            key,
+            image,
+        } => verify(store, config.as_deref(), key, image)?,
         Command::Import {
             store,
             name,
@@ -249,16 +278,49 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `pull`: progress on stdout, one line per event worth a line.
-fn pull(store: &Path, config: Option<&Path>, reference: &str) -> anyhow::Result<()> {
-    let registries = match config {
+/// The `[registries]` of the host config at `config`, or none.
+fn registries(config: Option<&Path>) -> anyhow::Result<Registries> {
+    Ok(match config {
         Some(path) => {
             atoll_common::config::validate_file(path)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .registries
         }
-        None => Default::default(),
+        None => Registries::default(),
+    })
+}
+
+/// `verify`: one line on stdout when the image is signed by the key.
+fn verify(store: &Path, config: Option<&Path>, key: &str, image: &str) -> anyhow::Result<()> {
+    let key = SignatureKey::parse_text(key)
+        .map_err(|e| anyhow::anyhow!("--key: {e} ({})", SignatureKey::EXPECTED))?;
+    let registries = registries(config)?;
+    let reference = Reference::parse(image).context("image reference")?;
+    let store = Store::open(store).context("opening the image store")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let (digest, source) = rt.block_on(signature::verify_image(
+        &store,
+        &reference,
+        &registries,
+        &key.0,
+    ))?;
+    let source = match source {
+        signature::Source::Store => "stored signature",
+        signature::Source::Registry => "signature fetched from the registry and stored",
     };
+    println!(
+        "{reference}: {digest} verified with key {} ({source})",
+        signature::key_text(&key.0)
+    );
+    Ok(())
+}
+
+/// `pull`: progress on stdout, one line per event worth a line.
+fn pull(store: &Path, config: Option<&Path>, reference: &str) -> anyhow::Result<()> {
+    let registries = registries(config)?;
     let reference = Reference::parse(reference).context("image reference")?;
     let store = Store::open(store).context("opening the image store")?;
     let rt = tokio::runtime::Builder::new_current_thread()
