@@ -20,6 +20,10 @@
 //! of an update repository; [`release`] turns a built slot image into a
 //! signed release in it.
 //!
+//! Containers: [`ociimage`] writes the busybox image archives; [`sign`]
+//! signs image manifest digests for containers pinned to a
+//! `signature_key`.
+//!
 //! The same inputs give the same bytes: every identifier is derived from
 //! the inputs ([`ids`]) and every time stamp is fixed.
 
@@ -40,6 +44,7 @@ pub mod libs;
 pub mod modules;
 pub mod ociimage;
 pub mod release;
+pub mod sign;
 pub mod slot;
 pub mod tool;
 pub mod tree;

@@ -78,6 +78,33 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sign an image's manifest digest for containers pinned to a
+    /// `signature_key` (docs/containers.md, "Signed images"), or make a
+    /// signing key (--generate-key).
+    SignImage {
+        /// Make a new ed25519 private key (PKCS#8 PEM, mode 0600) at FILE
+        /// and print its public key as `signature_key` takes it.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "digest", "out_archive", "print_public"])]
+        generate_key: Option<PathBuf>,
+        /// The private key (PKCS#8 PEM) to sign with.
+        #[arg(
+            long,
+            value_name = "PRIVATE_KEY_FILE",
+            required_unless_present = "generate_key"
+        )]
+        key: Option<PathBuf>,
+        /// The image's manifest digest, as `atoll-runtime pull` prints it.
+        #[arg(long, value_name = "sha256:HEX", requires = "out_archive")]
+        digest: Option<String>,
+        /// The OCI archive of the signature artifact to write; push it
+        /// with `skopeo copy oci-archive:SIG.tar
+        /// docker://REGISTRY/REPO:sha256-HEX.sig`.
+        #[arg(long, value_name = "SIG.tar", requires = "digest")]
+        out_archive: Option<PathBuf>,
+        /// Print the key's public key (as `signature_key` takes it).
+        #[arg(long)]
+        print_public: bool,
+    },
     /// Make sure the pinned kernel package (image-build/kernel.toml) is cached.
     FetchKernel {
         /// Output directory; the package goes to OUT/cache.
@@ -212,6 +239,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let w = image_build::ociimage::write_busybox_archive(&busybox, &opts, &out)?;
             println!("{} {} {}", out.display(), w.name, w.manifest_digest);
         }
+        Cmd::SignImage {
+            generate_key,
+            key,
+            digest,
+            out_archive,
+            print_public,
+        } => sign_image(generate_key, key, digest, out_archive, print_public, &at)?,
         Cmd::Disk {
             out,
             cache,
@@ -352,6 +386,54 @@ fn dev_update_root(dir: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(root)
+}
+
+fn sign_image(
+    generate_key: Option<PathBuf>,
+    key: Option<PathBuf>,
+    digest: Option<String>,
+    out_archive: Option<PathBuf>,
+    print_public: bool,
+    at: &dyn Fn(&Path) -> PathBuf,
+) -> anyhow::Result<()> {
+    use image_build::sign;
+    if let Some(path) = generate_key {
+        let path = at(&path);
+        let key = sign::generate_key(&path)?;
+        println!("{}", sign::public_key_text(&key));
+        eprintln!(
+            "wrote {}; the line above is its public key, for `signature_key` in [[containers]]",
+            path.display()
+        );
+        return Ok(());
+    }
+    let Some(key_path) = key else {
+        anyhow::bail!("give --generate-key FILE, or --key FILE");
+    };
+    let key = sign::load_key(&at(&key_path))?;
+    if print_public {
+        println!("{}", sign::public_key_text(&key));
+    }
+    match (digest, out_archive) {
+        (Some(digest), Some(out)) => {
+            let out = at(&out);
+            let written = sign::signature_archive(&key, &digest, &out)?;
+            println!(
+                "{} {} {}",
+                out.display(),
+                written.tag,
+                written.manifest_digest
+            );
+            eprintln!(
+                "push it next to the image: skopeo copy oci-archive:{} docker://REGISTRY/REPO:{}",
+                out.display(),
+                written.tag
+            );
+        }
+        _ if print_public => {}
+        _ => anyhow::bail!("--key needs --digest and --out-archive (or --print-public)"),
+    }
+    Ok(())
 }
 
 fn run_keys(command: KeysCmd, at: &dyn Fn(&Path) -> PathBuf) -> anyhow::Result<()> {
