@@ -112,6 +112,14 @@ pub const SLOT_INIT: &str = "/usr/lib/atoll/init";
 pub const SLOT_ATOLLCTL: &str = "/usr/bin/atollctl";
 /// The OCI runtime command line; PID 1 also runs it for registry pulls.
 pub const SLOT_RUNTIME: &str = "/usr/bin/atoll-runtime";
+/// The CA roots the slot ships (Debian's ca-certificates bundle), for
+/// registry pulls and the update agent: the root has no /etc/ssl.
+pub const SLOT_CA_BUNDLE: &str = "/usr/lib/atoll/ca-certificates.crt";
+/// The config's extra CA roots (`ca_certs`), written by PID 1.
+pub const CONFIG_CA_BUNDLE: &str = "/etc/atoll/ca-certificates.pem";
+/// The update agent; PID 1 runs `atoll-updater run` and, for the host API,
+/// its other commands.
+pub const SLOT_UPDATER: &str = "/usr/bin/atoll-updater";
 /// Images shipped in the slot (OCI archives) and their index, `images.json`.
 pub const SLOT_PRELOADED_IMAGES: &str = "/usr/share/atoll/images";
 /// The container image store on DATA.

@@ -167,7 +167,8 @@ pub fn busybox_image(name: &str, cmd: &[&str], out: &Path) -> Result<(), Registr
         .arg("--out")
         .arg(out);
     for w in cmd {
-        c.arg("--cmd").arg(w);
+        // `--cmd=-c`: a word that starts with `-` is not taken for a flag.
+        c.arg(format!("--cmd={w}"));
     }
     run(&mut c).map(|_| ())
 }

@@ -121,19 +121,47 @@ fn http_err(url: &str) -> impl FnOnce(reqwest::Error) -> RegistryError + '_ {
     }
 }
 
+/// The CA roots an Atoll host trusts: the bundle its root file system
+/// ships (Debian's ca-certificates) and the config's `ca_certs`. Where
+/// neither exists (a build machine), the system's roots are used.
+pub const CA_FILES: &[&str] = &[
+    atoll_common::layout::SLOT_CA_BUNDLE,
+    atoll_common::layout::CONFIG_CA_BUNDLE,
+];
+
+/// The certificates of those of `files` that exist.
+pub fn ca_roots(files: &[&str]) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+    let mut certs = Vec::new();
+    for f in files {
+        if let Ok(pem) = std::fs::read(f) {
+            certs.extend(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RegistryError::BadUrl {
+                    url: (*f).to_owned(),
+                    reason: format!("not a PEM certificate bundle: {e}"),
+                }
+            })?);
+        }
+    }
+    Ok(certs)
+}
+
 /// Builds the HTTP client used for registries and archive URLs: rustls
-/// with the ring provider and the system's CA roots, timeouts, redirects.
+/// with the ring provider and [`CA_FILES`] (or the system's CA roots),
+/// timeouts, redirects.
 pub fn http_client() -> Result<reqwest::Client, RegistryError> {
     // reqwest is built without a default provider; a provider installed
     // already (by this or another caller) is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("atoll/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .build()
-        .map_err(RegistryError::Client)
+        .redirect(reqwest::redirect::Policy::limited(10));
+    let roots = ca_roots(CA_FILES)?;
+    if !roots.is_empty() {
+        builder = builder.tls_certs_only(roots);
+    }
+    builder.build().map_err(RegistryError::Client)
 }
 
 /// One challenge of a `WWW-Authenticate` header: the scheme (lowercase)

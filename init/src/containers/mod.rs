@@ -977,7 +977,10 @@ where
     if std::fs::write(cgroup.path().join("cgroup.kill"), "1").is_err() {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), exit.as_mut()).await;
+    match tokio::time::timeout(Duration::from_secs(5), exit.as_mut()).await {
+        Ok(_) => log::info!("container {name}: killed"),
+        Err(_) => log::error!("container {name}: still not gone 5 s after SIGKILL"),
+    }
 }
 
 /// How a container is launched, beyond its config entry.
