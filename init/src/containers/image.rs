@@ -101,28 +101,74 @@ fn import(store: &Store, paths: &ImagePaths, name: &str, p: &Preloaded) -> Resul
 /// Pulls `image` with `atoll-runtime pull`, logging its progress lines
 /// under `container`'s name. The error is the pull's last error line.
 pub async fn pull(paths: &ImagePaths, image: &str, container: &str) -> Result<(), String> {
+    runtime_child(paths, "pull", &[image], container, PULL_TIMEOUT)
+        .await
+        .map(|_| ())
+}
+
+/// Checks `image`'s signature with `atoll-runtime verify` (the stored one,
+/// else the registry's) against `key` (the config's text); returns the
+/// manifest digest it verified.
+pub async fn verify(
+    paths: &ImagePaths,
+    image: &str,
+    key: &str,
+    container: &str,
+) -> Result<String, String> {
+    let lines = runtime_child(
+        paths,
+        "verify",
+        &["--key", key, image],
+        container,
+        Duration::from_secs(5 * 60),
+    )
+    .await?;
+    // `IMAGE: sha256:… verified with key HEX (…)`
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(": ")?;
+            let digest = rest.split_whitespace().next()?;
+            digest.starts_with("sha256:").then(|| digest.to_string())
+        })
+        .ok_or_else(|| format!("signature check: no digest in its output {lines:?}"))
+}
+
+/// Runs `atoll-runtime COMMAND --store … [--config …] ARGS`, logging its
+/// stdout lines under `container`; returns them, or its last error line.
+async fn runtime_child(
+    paths: &ImagePaths,
+    command: &str,
+    args: &[&str],
+    container: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
     let mut cmd = Command::new(&paths.runtime);
-    cmd.arg("pull").arg("--store").arg(&paths.store);
+    cmd.arg(command).arg("--store").arg(&paths.store);
     if paths.config.exists() {
         cmd.arg("--config").arg(&paths.config);
     }
-    cmd.arg(image)
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = reaper::spawn(&mut cmd)
-        .map_err(|e| format!("starting {}: {e}", paths.runtime.display()))?;
+    let mut child =
+        reaper::spawn(&mut cmd).map_err(|e| format!("starting {}: {e}", paths.runtime.display()))?;
     let pid = child.pid;
     let out = child.stdout.take();
     let err = child.stderr.take();
     let name = container.to_string();
     let progress = async move {
+        let mut all = Vec::new();
         if let Some(out) = out.and_then(|o| tokio_pipe(o.into()).ok()) {
             let mut lines = tokio::io::BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 log::info!("container {name}: {line}");
+                all.push(line);
             }
         }
+        all
     };
     let errors = async move {
         let mut last = String::new();
@@ -135,11 +181,11 @@ pub async fn pull(paths: &ImagePaths, image: &str, container: &str) -> Result<()
         last
     };
     let work = async { tokio::join!(progress, errors, child.wait()) };
-    match tokio::time::timeout(PULL_TIMEOUT, work).await {
-        Ok((_, _, Some(exit))) if exit.success() => Ok(()),
+    match tokio::time::timeout(timeout, work).await {
+        Ok((lines, _, Some(exit))) if exit.success() => Ok(lines),
         Ok((_, last, exit)) => {
             let how = exit.map_or("vanished".to_string(), |e| e.to_string());
-            Err(format!("pull failed ({how}): {}", runc_message(&last)))
+            Err(format!("{command} failed ({how}): {}", runc_message(&last)))
         }
         Err(_) => {
             let _ = nix::sys::signal::kill(
@@ -147,8 +193,8 @@ pub async fn pull(paths: &ImagePaths, image: &str, container: &str) -> Result<()
                 nix::sys::signal::Signal::SIGKILL,
             );
             Err(format!(
-                "pull did not finish in {} minutes",
-                PULL_TIMEOUT.as_secs() / 60
+                "{command} did not finish in {} minutes",
+                timeout.as_secs() / 60
             ))
         }
     }

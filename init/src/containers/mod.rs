@@ -842,7 +842,14 @@ impl Task {
             sandbox: self.sandbox,
             bridge: None,
             mounts: self.mounts.clone(),
+            verified: None,
         };
+        if let Some(key) = &self.spec.signature_key {
+            let digest =
+                image::verify(&self.paths.images, &self.spec.image, key.text(), self.name())
+                    .await?;
+            launch.verified = Some(digest);
+        }
         if self.sandbox.is_none() && self.spec.network == NetworkMode::Bridge {
             launch.bridge = Some(self.net.bridge().await?);
         }
@@ -996,6 +1003,9 @@ pub(crate) struct Launch {
     pub bridge: Option<Arc<atoll_runtime::network::Bridge>>,
     /// Host paths mounted in besides its volumes (the admin container's).
     pub mounts: Vec<atoll_runtime::run::spec::Mount>,
+    /// The manifest digest whose signature was checked: the image must
+    /// still be that one.
+    pub verified: Option<String>,
 }
 
 /// A started container, its digest, and the read ends of its stdout and stderr.
@@ -1014,6 +1024,14 @@ fn start_blocking(c: &Container, paths: &Paths, launch: &Launch) -> Result<Start
     let state_dir = paths.containers.join(&launch.id);
     let mut prepared = workload::prepare(&store, c, &state_dir, Some(&paths.resolv_conf))
         .map_err(|e| e.to_string())?;
+    if let Some(verified) = &launch.verified {
+        if *verified != prepared.image_digest {
+            return Err(format!(
+                "the image changed after its signature was checked ({verified}, now {})",
+                prepared.image_digest
+            ));
+        }
+    }
     if let Some((pid, host_network)) = launch.sandbox {
         atoll_runtime::run::sandbox::join(&mut prepared.spec, pid, host_network);
     }
