@@ -139,6 +139,43 @@ impl Registry {
         Ok(digest.trim().to_string())
     }
 
+    /// The layer digests of `repo_tag`'s manifest.
+    pub fn layer_digests(&self, repo_tag: &str) -> Result<Vec<String>, RegistryError> {
+        let raw = run(Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://127.0.0.1:{}/{repo_tag}", self.port)))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&raw).map_err(|e| RegistryError::Command {
+                command: "skopeo inspect --raw".into(),
+                output: e.to_string(),
+            })?;
+        Ok(v["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["digest"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Overwrites the middle bytes of a stored blob (keeping its size), so
+    /// the registry serves content that does not match its digest.
+    pub fn corrupt_blob(&self, digest: &str) -> Result<(), RegistryError> {
+        let hex = digest.trim_start_matches("sha256:");
+        let path = self
+            .dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        let mut bytes = std::fs::read(&path).map_err(io(format!("{}", path.display())))?;
+        let mid = bytes.len() / 2;
+        for b in bytes.iter_mut().skip(mid).take(16) {
+            *b ^= 0xff;
+        }
+        std::fs::write(&path, bytes).map_err(io(format!("{}", path.display())))
+    }
+
     /// The registry's own log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()

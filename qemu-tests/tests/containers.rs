@@ -457,34 +457,39 @@ depends_on = ["web"]
 }
 
 #[test]
-fn a_wrong_digest_is_refused() -> TestResult {
+fn a_blob_that_does_not_match_its_digest_is_refused() -> TestResult {
     let registry = Registry::start()?;
     let dir = tempfile::tempdir()?;
     let archive = dir.path().join("a.tar");
     busybox_image("localhost/test/a:1", &["true"], &archive)?;
     registry.push(&archive, "test/a:1")?;
+    // Flip bytes in the layer the registry serves (same size, other hash).
+    let layer = registry.layer_digests("test/a:1")?.remove(0);
+    registry.corrupt_blob(&layer)?;
     let host = Registry::guest_host();
-    let wrong = format!("sha256:{}", "0".repeat(64));
     let config = format!(
         r#"
 [registries]
 insecure = ["{host}"]
 
 [[containers]]
-name = "wrong"
-image = "{host}/test/a@{wrong}"
+name = "bad"
+image = "{host}/test/a:1"
 network = "none"
 "#
     );
-    let vm = Vm::builder("containers_wrong_digest")
+    let vm = Vm::builder("containers_bad_blob")
         .net_user(registry.net_user())
         .fw_cfg_string(FW_CFG_CONFIG, config)
         .start()?;
     vm.wait_ready(BOOT_TIMEOUT)?;
-    let c = wait_container(&vm, "wrong", "a pull error", |c| {
+    let c = wait_container(&vm, "bad", "a refused pull", |c| {
         c.state == ContainerState::Pulling && c.detail.contains("pull failed")
     })?;
-    vm.check(c.pid.is_none(), || format!("a container ran: {c:?}"))?;
+    vm.check(
+        c.detail.contains(&layer) && c.detail.contains("hashes to") && c.pid.is_none(),
+        || format!("not refused for the blob's digest: {c:?}"),
+    )?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
     Ok(())
