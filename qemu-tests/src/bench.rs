@@ -52,6 +52,9 @@ pub struct BootSample {
     pub times: BootTimes,
     /// The DHCP lease's DISCOVER-to-ACK time (guest ms), from `net status`.
     pub lease_ms: Option<u64>,
+    /// Guest ms from PID 1's start to the first output line of the default
+    /// config's container (`hello`), from its log record.
+    pub first_container_ms: Option<u64>,
 }
 
 impl BootSample {
@@ -186,12 +189,53 @@ fn measure(vm: &Vm, config: &BenchConfig, since: Instant) -> Result<(BootSample,
                 .find_map(|i| i.lease.as_ref().map(|l| l.obtained_in_ms));
         }
     }
+    let first_container_ms = first_container_line(vm, &status.boot_times, config)?;
     let sample = BootSample {
         wall_to_ready_ms: duration_ms(wall),
         times: status.boot_times.clone(),
         lease_ms,
+        first_container_ms,
     };
     Ok((sample, status))
+}
+
+/// The default config's container and the line it prints first.
+pub const FIRST_CONTAINER: &str = "hello";
+
+/// Guest ms from PID 1's start (kernel + stage 1) to the newest record of
+/// [`FIRST_CONTAINER`]'s stdout (this boot's first line: it prints one).
+fn first_container_line(
+    vm: &Vm,
+    times: &BootTimes,
+    config: &BenchConfig,
+) -> Result<Option<u64>, VmError> {
+    let deadline = Instant::now() + config.timeout(SETTLE_TIMEOUT);
+    let pid1_start_us = (times.kernel_ms + times.stage1_ms) * 1000;
+    loop {
+        let req = atoll_common::api::Request::Logs {
+            lines: 0,
+            follow: false,
+            ident: Some(FIRST_CONTAINER.into()),
+        };
+        let newest = vm
+            .api(&req)?
+            .into_iter()
+            .filter_map(|r| match r {
+                atoll_common::api::Response::Log(l) => Some(l),
+                _ => None,
+            })
+            .filter(|l| l.stream.as_deref() == Some("stdout"))
+            .last();
+        // A record from this boot: after PID 1 started (the store also
+        // holds the previous boot's).
+        if let Some(l) = newest.filter(|l| l.boottime_us >= pid1_start_us) {
+            return Ok(Some((l.boottime_us - pid1_start_us) / 1000));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -321,27 +365,49 @@ pub fn table(boot: Boot, samples: &[BootSample], icount: bool) -> String {
 /// The DHCP lease target: DISCOVER to ACK under QEMU user networking.
 pub const LEASE_TARGET_MS: u64 = 100;
 
-/// Provisioning: guest ms from PID 1's start to the config applied and to
-/// the network configured, and the DHCP lease time, per run and boot.
+/// The target for PID 1's start to the first container's first line.
+pub const FIRST_CONTAINER_TARGET_MS: u64 = 500;
+
+/// Provisioning: guest ms from PID 1's start to the config applied, to
+/// the network configured and to the first container line, and the DHCP
+/// lease time, per run and boot.
 pub fn provisioning_table(runs: &[RunSample]) -> String {
-    let mut out =
-        String::from("provisioning (guest ms from PID 1 start; lease = DHCP DISCOVER to ACK)\n");
+    let mut out = String::from(
+        "provisioning (guest ms from PID 1 start; lease = DHCP DISCOVER to ACK; \
+         container = the default config's container's first output line)\n",
+    );
     out.push_str(&format!(
-        "{:<8} {:>15} {:>19} {:>9}\n",
-        "boot", "config applied", "network configured", "lease"
+        "{:<8} {:>15} {:>19} {:>9} {:>10}\n",
+        "boot", "config applied", "network configured", "lease", "container"
     ));
     let mut leases = Vec::new();
+    let mut firsts = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         for (name, b) in [("first", &r.first), ("steady", &r.steady)] {
             out.push_str(&format!(
-                "{:<8} {:>15} {:>19} {:>9}\n",
+                "{:<8} {:>15} {:>19} {:>9} {:>10}\n",
                 format!("{}/{name}", i + 1),
                 cell(b.stage2_until("config: applied").map(|v| v as i64)),
                 cell(b.stage2_until("network configured").map(|v| v as i64)),
                 cell(b.lease_ms.map(|v| v as i64)),
+                cell(b.first_container_ms.map(|v| v as i64)),
             ));
             leases.extend(b.lease_ms.map(|v| v as i64));
+            if name == "steady" {
+                firsts.extend(b.first_container_ms.map(|v| v as i64));
+            }
         }
+    }
+    if !firsts.is_empty() {
+        let m = median(&firsts);
+        out.push_str(&format!(
+            "first container line, steady-state median {m} ms: {} the {FIRST_CONTAINER_TARGET_MS} ms target\n",
+            if m <= FIRST_CONTAINER_TARGET_MS as i64 {
+                "meets"
+            } else {
+                "misses"
+            }
+        ));
     }
     if leases.is_empty() {
         out.push_str("no DHCP lease was reported\n");
@@ -394,6 +460,7 @@ mod tests {
                 steps: vec![],
             },
             lease_ms: None,
+            first_container_ms: None,
         }
     }
 
