@@ -225,7 +225,7 @@ fn first_container_line(
                 _ => None,
             })
             .filter(|l| l.stream.as_deref() == Some("stdout"))
-            .last();
+            .next_back();
         // A record from this boot: after PID 1 started (the store also
         // holds the previous boot's).
         if let Some(l) = newest.filter(|l| l.boottime_us >= pid1_start_us) {
