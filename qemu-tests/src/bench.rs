@@ -224,8 +224,7 @@ fn first_container_line(
                 atoll_common::api::Response::Log(l) => Some(l),
                 _ => None,
             })
-            .filter(|l| l.stream.as_deref() == Some("stdout"))
-            .next_back();
+            .rfind(|l| l.stream.as_deref() == Some("stdout"));
         // A record from this boot: after PID 1 started (the store also
         // holds the previous boot's).
         if let Some(l) = newest.filter(|l| l.boottime_us >= pid1_start_us) {
