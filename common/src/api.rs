@@ -69,6 +69,120 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// The update agent: its status, or an action (docs/updates.md). The
+    /// answer: [`Response::Update`] (or [`Response::Error`]).
+    Update { action: UpdateAction },
+}
+
+/// What [`Request::Update`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateAction {
+    /// The agent's status.
+    Status,
+    /// Check now, as a scheduled check would: install a newer release and
+    /// reboot if the strategy says so.
+    Check,
+    /// Check now and install a newer release whatever the schedule and
+    /// strategy say, without rebooting.
+    Apply,
+    /// Reboot into the installed release (refused when none is installed).
+    Reboot,
+    /// Offer the other slot (if good) at the next reboot; the running
+    /// release goes on the bad list.
+    Rollback,
+    /// The agent's status, for its history.
+    History,
+}
+
+/// A slot as the update agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateSlot {
+    pub slot: Slot,
+    /// The release in it, if known.
+    pub version: Option<String>,
+    /// Marked good in grubenv.
+    pub good: bool,
+    /// Tries left while not good.
+    pub tries: u8,
+}
+
+/// A download into the inactive slot, in payload bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateDownload {
+    /// The target's name in the repository.
+    pub name: String,
+    pub version: String,
+    pub slot: Slot,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A release installed and offered to the boot loader, not yet booted good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePending {
+    pub version: String,
+    pub slot: Slot,
+    /// RFC 3339, UTC.
+    pub installed_at: String,
+    pub boot_id: String,
+}
+
+/// Why a release is on the bad list (it is never installed again by the agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRelease {
+    /// RFC 3339, UTC.
+    pub since: String,
+    pub reason: String,
+}
+
+/// One line of the agent's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateEvent {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub what: String,
+}
+
+/// The update agent's status: what `atoll-updater status` prints (the
+/// updater's tests check that its output parses as this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub strategy: crate::config::UpdateStrategy,
+    /// The booted slot.
+    pub current: UpdateSlot,
+    pub other: UpdateSlot,
+    /// The slot the boot loader picks next.
+    pub next_boot: Slot,
+    #[serde(default)]
+    pub last_check: Option<String>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub download: Option<UpdateDownload>,
+    #[serde(default)]
+    pub pending: Option<UpdatePending>,
+    /// By version.
+    #[serde(default)]
+    pub bad: std::collections::BTreeMap<String, BadRelease>,
+    /// Oldest first.
+    #[serde(default)]
+    pub history: Vec<UpdateEvent>,
+}
+
+/// The answer to [`Request::Update`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub action: UpdateAction,
+    /// What the action did, in a sentence (`up to date`, `installed 0.2.0
+    /// into slot B; rebooting`, …).
+    pub outcome: String,
+    /// The agent's status after the action (absent if it could not be read).
+    #[serde(default)]
+    pub status: Option<UpdateStatus>,
+    /// Whether the agent (`atoll-updater run`) is running under PID 1, or
+    /// why not.
+    pub agent: String,
 }
 
 /// What [`Request::ContainerAction`] does.
@@ -183,6 +297,7 @@ pub enum Response {
         code: Option<i32>,
         timed_out: bool,
     },
+    Update(Box<UpdateReport>),
     /// The request was carried out (poweroff/reboot) or the answer is complete.
     Done,
     Error {
@@ -333,6 +448,14 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"method":"nope"}"#).is_err());
+        let r: Request =
+            serde_json::from_str(r#"{"method":"update","action":"rollback"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Update {
+                action: UpdateAction::Rollback
+            }
+        );
     }
 
     #[test]

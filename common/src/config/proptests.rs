@@ -307,6 +307,9 @@ fn update() -> impl Strategy<Value = Update> {
                         std::time::Duration::from_secs(check),
                     )),
                     group,
+                    health_deadline: Parsed::new(units::format_duration(
+                        std::time::Duration::from_secs(check),
+                    )),
                 };
                 if window {
                     u.strategy = Some(UpdateStrategy::Window);

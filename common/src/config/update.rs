@@ -26,6 +26,11 @@ pub struct Update {
     pub check_interval: Parsed<Duration>,
     /// The fleet group, which the server may use to roll out in stages.
     pub group: String,
+    /// On a trial boot (the first boot of an update), how long the
+    /// config's containers with a healthcheck have to become healthy
+    /// before the boot is marked good; past it the host reboots unmarked
+    /// and the boot loader falls back once the tries run out.
+    pub health_deadline: Parsed<Duration>,
 }
 
 impl Default for Update {
@@ -36,6 +41,7 @@ impl Default for Update {
             window: None,
             check_interval: Parsed::new("1h"),
             group: "default".into(),
+            health_deadline: Parsed::new("5m"),
         }
     }
 }
@@ -274,6 +280,19 @@ impl Update {
                 ));
             }
         }
+        self.health_deadline
+            .check(&path.key("health_deadline"), errors);
+        if let Some(d) = self.health_deadline.get() {
+            if d.is_zero() {
+                errors.push(ValidationError::new(
+                    path.key("health_deadline"),
+                    format!(
+                        "invalid value: string {:?}, expected more than 0s",
+                        self.health_deadline.text()
+                    ),
+                ));
+            }
+        }
         if let Err(e) = check_hostname(&self.group) {
             errors.push(ValidationError::new(
                 path.key("group"),
@@ -316,5 +335,26 @@ mod tests {
         assert_eq!(u.strategy(), UpdateStrategy::Immediate);
         u.fill_defaults();
         assert_eq!(u.strategy, Some(UpdateStrategy::Immediate));
+    }
+
+    #[test]
+    fn health_deadline_default_and_checks() {
+        let u = Update::default();
+        assert_eq!(u.health_deadline.get(), Some(&Duration::from_secs(300)));
+        for (text, ok) in [("90s", true), ("10m", true), ("0s", false), ("soon", false)] {
+            let u = Update {
+                health_deadline: Parsed::new(text),
+                ..Update::default()
+            };
+            let mut errors = Vec::new();
+            u.validate(&KeyPath::root().key("update"), &mut errors);
+            assert_eq!(errors.is_empty(), ok, "{text}: {errors:?}");
+            if !ok {
+                assert!(
+                    errors[0].to_string().contains("health_deadline"),
+                    "{errors:?}"
+                );
+            }
+        }
     }
 }
