@@ -355,14 +355,10 @@ impl Agent {
         let state_path = self.state_path();
         state.slots.set(booted, Some(running));
         let boot = self.config.boot.state()?;
-        match state.after_boot(booted, &boot, &self.config.boot_id, now) {
-            BootOutcome::Updated(v) => log::info!("{v} booted good in slot {booted}: updated"),
-            BootOutcome::RolledBack(v) => log::error!(
-                "{v} rolled back: the host came back on slot {booted}; \
-                 it is on the bad list and not installed again"
-            ),
-            BootOutcome::Trial(_) | BootOutcome::NotRebooted | BootOutcome::Nothing => {}
-        }
+        log_boot_outcome(
+            booted,
+            state.after_boot(booted, &boot, &self.config.boot_id, now),
+        );
         if !boot.slot(booted).good {
             log::info!("slot {booted} runs {running} on trial: no update until it is marked good");
             return Ok(CheckOutcome::OnTrial { version: running });
@@ -495,6 +491,27 @@ impl Agent {
         Trusted::new(&shipped, &file).map_err(|e| AgentError::Metadata(Box::new(e)))
     }
 
+    /// Settles the last install at once ([`AgentState::after_boot`]), so
+    /// that a rollback is on the bad list and in the status from the
+    /// agent's start, not only from its first check. Saves the state when
+    /// it changed.
+    pub fn settle(&mut self) -> Result<BootOutcome, AgentError> {
+        let now = (self.config.now)();
+        let booted = self.config.booted_slot;
+        let mut state = self.load_state()?;
+        let boot = self.config.boot.state()?;
+        let outcome = state.after_boot(booted, &boot, &self.config.boot_id, now);
+        log_boot_outcome(booted, outcome.clone());
+        if matches!(
+            outcome,
+            BootOutcome::Updated(_) | BootOutcome::RolledBack(_)
+        ) {
+            state.slots.set(booted, Some(self.config.running_version));
+            state.save(&self.state_path())?;
+        }
+        Ok(outcome)
+    }
+
     /// When to reboot into `version`, installed in the other slot.
     fn due(&self, version: Version, now: Time) -> CheckOutcome {
         match (self.config.strategy, &self.window) {
@@ -530,6 +547,9 @@ impl Agent {
             self.config.booted_slot,
             self.config.strategy
         );
+        if let Err(e) = self.settle() {
+            log::warn!("cannot settle the last install yet: {}", chain(&e));
+        }
         let mut due: Option<(Time, Reason)> = None;
         loop {
             let now = (self.config.now)();
@@ -643,6 +663,17 @@ impl Agent {
             bad: state.bad,
             history: state.history.into(),
         })
+    }
+}
+
+fn log_boot_outcome(booted: Slot, outcome: BootOutcome) {
+    match outcome {
+        BootOutcome::Updated(v) => log::info!("{v} booted good in slot {booted}: updated"),
+        BootOutcome::RolledBack(v) => log::error!(
+            "{v} rolled back: the host came back on slot {booted}; \
+             it is on the bad list and not installed again"
+        ),
+        BootOutcome::Trial(_) | BootOutcome::NotRebooted | BootOutcome::Nothing => {}
     }
 }
 

@@ -422,6 +422,14 @@ fn installs_v2_into_b_and_reboots_now_then_records_the_update() {
     assert_eq!(status.next_boot, Slot::B);
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["pending"]["version"], "0.2.0");
+    // What `atoll-updater status` prints is what the host API carries.
+    let wire: atoll_common::api::UpdateStatus = serde_json::from_value(json).unwrap();
+    assert_eq!(wire.pending.unwrap().slot, Slot::B);
+    assert_eq!(wire.other.version.as_deref(), Some("0.2.0"));
+    assert!(wire
+        .history
+        .iter()
+        .any(|e| e.what.contains("installed 0.2.0")));
 
     // The next boot: B on trial (GRUB took a try), then marked good.
     host.set_boot(|st| st.b.tries -= 1);
@@ -470,6 +478,14 @@ fn a_rollback_puts_the_release_on_the_bad_list_and_it_is_not_reinstalled() {
         st.order = vec![Slot::A, Slot::B];
     });
     let mut agent = host.agent(&server, Slot::A, "boot-2", "0.1.0");
+    // Settled as soon as the agent starts, before any check.
+    assert_eq!(
+        agent.settle().unwrap(),
+        atoll_updater::state::BootOutcome::RolledBack(v("0.2.0"))
+    );
+    let wire: atoll_common::api::UpdateStatus =
+        serde_json::from_value(serde_json::to_value(agent.status().unwrap()).unwrap()).unwrap();
+    assert!(wire.bad["0.2.0"].reason.contains("came back on slot A"));
     assert_eq!(
         agent.check_once().unwrap(),
         CheckOutcome::UpToDate { waiting: None }

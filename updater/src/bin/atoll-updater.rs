@@ -273,6 +273,8 @@ fn host_config(
         c.schedule.jitter = c.schedule.jitter.min(*interval / 6);
     }
     c.schedule.interval = c.schedule.interval.max(Duration::from_secs(60));
+    // A host asked to check every few minutes does not wait longer for its first.
+    c.schedule.initial_delay = c.schedule.initial_delay.min(c.schedule.interval);
     let ca: Vec<&str> = host.map_or(Vec::new(), |h| {
         h.ca_certs.iter().map(String::as_str).collect()
     });
