@@ -62,13 +62,61 @@ fn bundle(dir: &Path) -> PathBuf {
         serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
     spec["process"]["args"] = serde_json::json!(["/bin/true"]);
     spec["process"]["terminal"] = serde_json::json!(false);
+    // Build hosts may have hybrid cgroups (v1 and v2), where a cgroup2
+    // mount in the container is refused (EBUSY); Atoll hosts are pure v2.
+    // The same spec, without that mount, for every runtime.
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write");
     b
+}
+
+/// On a build host with hybrid cgroups (v1 controllers and a v2
+/// `unified` tree), crun refuses to run at all. The benchmark gives itself
+/// a private mount namespace with only cgroup2 on /sys/fs/cgroup, as on
+/// an Atoll host, for all three runtimes alike.
+fn pure_cgroup2() {
+    if !Path::new("/sys/fs/cgroup/unified").exists() {
+        return;
+    }
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make / private");
+    mount(
+        Some("cgroup2"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount cgroup2 on /sys/fs/cgroup");
+    println!("(hybrid cgroup host: the runtimes run in a mount namespace with only cgroup2)");
+}
+
+/// atoll-runtime makes no cgroup for a spec without limits (runc's
+/// default spec has none); crun is told to do the same, which also spares
+/// it the eBPF device filter that needs CAP_SYS_RESOURCE (RLIMIT_MEMLOCK)
+/// on cgroup v2. runc makes its cgroup as always.
+fn global_flags(runtime: &Path) -> Vec<&'static str> {
+    if runtime.ends_with("crun") {
+        vec!["--cgroup-manager=disabled"]
+    } else {
+        Vec::new()
+    }
 }
 
 fn lifecycle(runtime: &Path, root: &Path, bundle: &Path, id: &str) -> Duration {
     let start = Instant::now();
     let out = Command::new(runtime)
+        .args(global_flags(runtime))
         .arg("--root")
         .arg(root)
         .args(["run", "--bundle"])
@@ -324,6 +372,7 @@ fn main() {
         println!("skipped: needs root and {BUSYBOX}");
         return;
     }
+    pure_cgroup2();
     let dir = tempfile::tempdir().expect("temp dir");
     bench_lifecycle(dir.path());
     bench_pull(dir.path());
