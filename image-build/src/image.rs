@@ -83,6 +83,8 @@ pub struct DiskOptions {
     pub atollctl: PathBuf,
     /// The atoll-runtime binary (OCI runtime CLI, registry pulls).
     pub runtime: PathBuf,
+    /// The atoll-updater binary (the update agent PID 1 runs).
+    pub updater: PathBuf,
     /// A static busybox, made into the preloaded image
     /// `localhost/atoll/busybox` (Debian package busybox-static).
     pub busybox: PathBuf,
@@ -92,6 +94,11 @@ pub struct DiskOptions {
     /// in the slot as `/usr/lib/atoll/update-root.json`.
     pub update_root: PathBuf,
     pub qcow2: bool,
+    /// The version the slot says it is (`VERSION=` in os-release,
+    /// build.json's `version`); `None`: the binaries' own
+    /// (`atoll_common::VERSION`). A test cuts a newer release from the same
+    /// binaries with it.
+    pub os_version: Option<String>,
 }
 
 /// `build.json`: what was built, from which inputs.
@@ -201,6 +208,12 @@ pub fn fetch_kernel(cache: &Path) -> Result<(PathBuf, Fetched), Error> {
     Ok(kernel::fetch(&pin, cache)?)
 }
 
+fn os_version(opts: &DiskOptions) -> String {
+    opts.os_version
+        .clone()
+        .unwrap_or_else(|| atoll_common::VERSION.to_string())
+}
+
 /// Builds the disk image and build.json into `opts.out`.
 pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
     const BINARY_HINT: &str = " (build it with `cargo build --release -p atoll-init`)";
@@ -210,6 +223,11 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
         "atoll-runtime binary",
         &opts.runtime,
         " (build it with `cargo build --release -p atoll-runtime`)",
+    )?;
+    require(
+        "atoll-updater binary",
+        &opts.updater,
+        " (build it with `cargo build --release -p atoll-updater`)",
     )?;
     require("busybox", &opts.busybox, " (Debian package busybox-static)")?;
     require("mke2fs", &opts.mke2fs, " (Debian package e2fsprogs)")?;
@@ -290,6 +308,7 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
                 init: &opts.init,
                 atollctl: &opts.atollctl,
                 runtime: &opts.runtime,
+                updater: &opts.updater,
                 busybox: &opts.busybox,
                 mke2fs: &opts.mke2fs,
                 vmlinuz: &kernel.vmlinuz,
@@ -298,10 +317,16 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
                 update_root: &update_root_bytes,
             },
         )?;
-        let libs = SharedLibs::of(&[&opts.init, &opts.atollctl, &opts.runtime, &opts.mke2fs])?;
+        let libs = SharedLibs::of(&[
+            &opts.init,
+            &opts.atollctl,
+            &opts.runtime,
+            &opts.updater,
+            &opts.mke2fs,
+        ])?;
         libs.install(&rootfs)?;
         let n = kmods.install(modules::SLOT_MODULES, rootfs.root())?;
-        let id = slot::finish_rootfs(&rootfs, &kernel.release)?;
+        let id = slot::finish_rootfs(&rootfs, &kernel.release, &os_version(opts))?;
         let summary = format!(
             "{n} modules, {} libraries, update root version {}, build id {id}",
             libs.len(),
@@ -429,7 +454,7 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
     };
 
     let info = BuildInfo {
-        version: atoll_common::VERSION.to_string(),
+        version: os_version(opts),
         build_id,
         kernel_package: pin.package.clone(),
         kernel_version: pin.version.clone(),
@@ -475,10 +500,12 @@ mod tests {
             init: PathBuf::from("/nonexistent/init"),
             atollctl: PathBuf::from("/nonexistent/atollctl"),
             runtime: PathBuf::from("/nonexistent/atoll-runtime"),
+            updater: PathBuf::from("/nonexistent/atoll-updater"),
             busybox: PathBuf::from("/bin/busybox"),
             mke2fs: PathBuf::from("/usr/sbin/mke2fs"),
             update_root: PathBuf::from("/nonexistent/root.json"),
             qcow2: false,
+            os_version: None,
         };
         let err = build_disk(&opts).unwrap_err();
         assert!(
@@ -499,10 +526,12 @@ mod tests {
             init: binary.clone(),
             atollctl: binary.clone(),
             runtime: binary.clone(),
+            updater: binary.clone(),
             busybox: PathBuf::from("/bin/busybox"),
             mke2fs: binary,
             update_root: tmp.path().join("missing.json"),
             qcow2: false,
+            os_version: None,
         };
         let err = build_disk(&opts).unwrap_err();
         assert!(

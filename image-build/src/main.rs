@@ -44,6 +44,9 @@ enum Cmd {
         /// The atoll-runtime binary.
         #[arg(long, default_value = "target/release/atoll-runtime")]
         runtime: PathBuf,
+        /// The atoll-updater binary (the update agent).
+        #[arg(long, default_value = "target/release/atoll-updater")]
+        updater: PathBuf,
         /// The static busybox made into the preloaded image localhost/atoll/busybox.
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
@@ -58,6 +61,11 @@ enum Cmd {
         /// Also write OUT/atoll.qcow2.
         #[arg(long)]
         qcow2: bool,
+        /// The version the slot says it is (os-release VERSION=, build.json)
+        /// [default: the binaries' version]; e.g. to cut a newer test release
+        /// from the same binaries.
+        #[arg(long, value_name = "VERSION")]
+        os_version: Option<Version>,
     },
     /// Write an OCI archive of a one-layer busybox image (the preloaded
     /// image's recipe; qemu-tests use it for their test images).
@@ -252,10 +260,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init,
             atollctl,
             runtime,
+            updater,
             busybox,
             mke2fs,
             update_root,
             qcow2,
+            os_version,
         } => {
             let out = at(&out);
             let update_root = match update_root {
@@ -268,10 +278,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 init: at(&init),
                 atollctl: at(&atollctl),
                 runtime: at(&runtime),
+                updater: at(&updater),
                 busybox,
                 mke2fs,
                 update_root,
                 qcow2,
+                os_version: os_version.map(|v| v.to_string()),
             };
             let info = image::build_disk(&opts)?;
             let raw = out.join(&info.image);

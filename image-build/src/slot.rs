@@ -77,6 +77,7 @@ pub struct RootfsInputs<'a> {
     pub init: &'a Path,
     pub atollctl: &'a Path,
     pub runtime: &'a Path,
+    pub updater: &'a Path,
     /// Made into the preloaded image (see [`crate::ociimage`]).
     pub busybox: &'a Path,
     pub mke2fs: &'a Path,
@@ -95,6 +96,7 @@ pub fn populate(tree: &Tree, inp: &RootfsInputs<'_>) -> Result<(), SlotError> {
     tree.copy(layout::SLOT_INIT, inp.init, 0o755)?;
     tree.copy(layout::SLOT_ATOLLCTL, inp.atollctl, 0o755)?;
     tree.copy(layout::SLOT_RUNTIME, inp.runtime, 0o755)?;
+    tree.copy(layout::SLOT_UPDATER, inp.updater, 0o755)?;
     tree.copy("usr/sbin/mke2fs", inp.mke2fs, 0o755)?;
     let images = layout::SLOT_PRELOADED_IMAGES.trim_start_matches('/');
     tree.dir(images)?;
@@ -146,14 +148,18 @@ pub fn os_release(version: &str, kernel_release: &str, build_id: &str) -> String
     )
 }
 
-/// Writes os-release (BUILD_ID = the first 12 hex digits of the tree's
-/// digest) and fixes every mode. Returns the build id.
-pub fn finish_rootfs(tree: &Tree, kernel_release: &str) -> Result<String, SlotError> {
+/// Writes os-release (VERSION = `version`, BUILD_ID = the first 12 hex
+/// digits of the tree's digest) and fixes every mode. Returns the build id.
+pub fn finish_rootfs(
+    tree: &Tree,
+    kernel_release: &str,
+    version: &str,
+) -> Result<String, SlotError> {
     tree.normalize_modes()?;
     let build_id = hex::encode(tree_digest(tree)?)[..12].to_string();
     tree.file(
         layout::SLOT_RELEASE,
-        os_release(atoll_common::VERSION, kernel_release, &build_id).as_bytes(),
+        os_release(version, kernel_release, &build_id).as_bytes(),
         0o644,
     )?;
     Ok(build_id)

@@ -29,7 +29,7 @@ fn input(var: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| workspace().join(default));
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build --release -p atoll-init -p atoll-runtime`, or point {var} at a binary",
+        "{} is missing: build it with `cargo build --release -p atoll-init -p atoll-runtime -p atoll-updater`, or point {var} at a binary",
         path.display()
     );
     path
@@ -57,7 +57,14 @@ fn kernel_cache(scratch: &Path) -> PathBuf {
     cache
 }
 
-fn build(out: &Path, cache: &Path, init: &Path, atollctl: &Path, runtime: &Path) -> BuildInfo {
+fn build(
+    out: &Path,
+    cache: &Path,
+    init: &Path,
+    atollctl: &Path,
+    runtime: &Path,
+    updater: &Path,
+) -> BuildInfo {
     let output = Command::new(env!("CARGO_BIN_EXE_image-build"))
         .arg("disk")
         .arg("--out")
@@ -70,6 +77,8 @@ fn build(out: &Path, cache: &Path, init: &Path, atollctl: &Path, runtime: &Path)
         .arg(atollctl)
         .arg("--runtime")
         .arg(runtime)
+        .arg("--updater")
+        .arg(updater)
         .output()
         .unwrap();
     assert!(
@@ -92,6 +101,7 @@ fn two_builds_are_identical() {
     let init = input("ATOLL_INIT", "target/release/init");
     let atollctl = input("ATOLL_ATOLLCTL", "target/release/atollctl");
     let runtime = input("ATOLL_RUNTIME", "target/release/atoll-runtime");
+    let updater = input("ATOLL_UPDATER", "target/release/atoll-updater");
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("image-build-reproducible");
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).unwrap();
@@ -108,10 +118,10 @@ fn two_builds_are_identical() {
     let (init, atollctl) = (init_copy, atollctl_copy);
     let a = scratch.join("a");
     let b = scratch.join("b");
-    let info_a = build(&a, &cache, &init, &atollctl, &runtime);
+    let info_a = build(&a, &cache, &init, &atollctl, &runtime, &updater);
     // Let the clock move on, so that a stray time stamp would show.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let info_b = build(&b, &cache, &init, &atollctl, &runtime);
+    let info_b = build(&b, &cache, &init, &atollctl, &runtime, &updater);
 
     // On a difference, say which piece differs first.
     for piece in [
