@@ -1,6 +1,6 @@
 //! The state directory of the OCI command line: `--root` (default
 //! [`DEFAULT_ROOT`]) holds one directory per container id with
-//! `state.json` (written atomically: temp file, fsync, rename) and, while
+//! `state.json` (written atomically: temp file, rename) and, while
 //! the container is created but not started, the `exec.fifo` its init
 //! waits on.
 //!
@@ -156,12 +156,14 @@ impl StateRoot {
         let path = dir.join(STATE_FILE);
         let tmp = dir.join(".state.json.tmp");
         let bytes = serde_json::to_vec(state).map_err(|e| StateError::Parse(path.clone(), e))?;
+        // Atomic (a reader sees the old state or the new one), not
+        // durable: the state lives in /run, like runc's, and means nothing
+        // after a reboot, so no fsync (it cost milliseconds per step on a
+        // disk-backed --root).
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()
+            std::fs::rename(&tmp, &path)
         };
         write().map_err(|e| StateError::Write(path.clone(), e))
     }
