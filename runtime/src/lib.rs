@@ -23,7 +23,15 @@
 //! - [`oci`]: the runc-compatible OCI lifecycle (create, start, state,
 //!   kill, delete on a bundle) behind the `atoll-runtime` binary.
 //!
-//! Not built yet: bridge networking, pods and supervision.
+//! - [`network`]: the host bridge for containers (veth, addresses, NAT
+//!   and published ports over rtnetlink and nf_tables netlink).
+//! - [`health`]: healthcheck state by Docker's rules.
+//! - [`signature`]: ed25519 image signatures over manifest digests.
+//! - [`workload`]: a config `[[containers]]` entry made into a runnable
+//!   spec and overlay.
+//!
+//! Supervision (start order, restarts, logs, pods) is PID 1's
+//! (init/src/containers), on top of this library.
 
 pub mod digest;
 pub mod health;

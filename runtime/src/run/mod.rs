@@ -17,8 +17,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not here yet: bridge networking, healthchecks, pods, supervision,
-//! joining existing namespaces.
+//! Also: [`exec`] (a process in a running container's namespaces) and
+//! [`sandbox`] (a pod's namespace holder); a spec's namespaces with a
+//! `path` are joined, as a pod's containers join the sandbox's.
 
 pub mod cgroup;
 pub mod exec;

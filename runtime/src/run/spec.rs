@@ -334,7 +334,7 @@ impl Linux {
     }
 }
 
-/// A namespace to create (joining one by `path` is not supported yet).
+/// A namespace to create, or to join when `path` is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
     #[serde(rename = "type")]
