@@ -2,6 +2,9 @@
 //! one-layer image, as in tests/run.rs), and healthcheck probes through
 //! it. Needs root and busybox; skips with a printed reason otherwise.
 
+#[macro_use]
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,51 +18,21 @@ use atoll_runtime::run::rootfs::RootfsSource;
 use atoll_runtime::run::spec::{EtcFiles, Overrides, Spec};
 use nix::sys::signal::Signal;
 
-const BUSYBOX: &str = "/bin/busybox";
-
 /// The tests count this process's children: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn skip_reason() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root".to_string());
-    }
-    if !Path::new(BUSYBOX).is_file() {
-        return Some(format!(
-            "{BUSYBOX} missing (apt-get install busybox-static)"
-        ));
-    }
-    None
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("skipped: {reason}");
-            return;
-        }
-    };
-}
-
 /// A one-layer busybox image with a file only the container has.
 fn busybox_layer(dir: &Path) -> PathBuf {
-    let layer = dir.join("layer");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(layer.join(d)).expect("mkdir");
-    }
-    std::fs::copy(BUSYBOX, layer.join("bin/busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "id", "cat", "echo", "hostname", "grep", "pwd", "readlink", "true", "false", "sleep",
-        "tr", "head", "yes",
-    ] {
-        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).expect("symlink");
-    }
-    std::fs::write(
-        layer.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    )
-    .expect("passwd");
-    std::fs::write(layer.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+    let layer = common::busybox_root(
+        dir,
+        "layer",
+        &[
+            "sh", "id", "cat", "echo", "hostname", "grep", "pwd", "readlink", "true", "false",
+            "sleep", "tr", "head", "yes",
+        ],
+        common::PASSWD,
+        common::GROUP,
+    );
     std::fs::write(layer.join("only-in-the-container"), "inside\n").expect("marker");
     layer
 }

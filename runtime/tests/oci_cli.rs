@@ -6,33 +6,15 @@
 //! exit codes and state JSON keys must match. Needs root and busybox;
 //! skips with a printed reason otherwise.
 
+#[macro_use]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BUSYBOX: &str = "/bin/busybox";
+use common::BUSYBOX;
 const ATOLL: &str = env!("CARGO_BIN_EXE_atoll-runtime");
-
-fn skip_reason() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root".to_string());
-    }
-    if !Path::new(BUSYBOX).is_file() {
-        return Some(format!(
-            "{BUSYBOX} missing (apt-get install busybox-static)"
-        ));
-    }
-    None
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("skipped: {reason}");
-            return;
-        }
-    };
-}
 
 /// A bundle whose program touches /tmp/started, then loops until
 /// SIGTERM (an init of a pid namespace only gets signals it handles).

@@ -3,6 +3,9 @@
 //! exit status and captured stdout. Needs root and busybox; skips with a
 //! printed reason otherwise.
 
+#[macro_use]
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -11,53 +14,18 @@ use atoll_runtime::run::process::{self, ExitStatus, Stdio};
 use atoll_runtime::run::rootfs::RootfsSource;
 use atoll_runtime::run::spec::{EtcFiles, Overrides, Spec, Volume, VolumePolicy, VolumeSource};
 
-const BUSYBOX: &str = "/bin/busybox";
-
-fn skip_reason() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root".to_string());
-    }
-    if !Path::new(BUSYBOX).is_file() {
-        return Some(format!(
-            "{BUSYBOX} missing (apt-get install busybox-static)"
-        ));
-    }
-    None
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("skipped: {reason}");
-            return;
-        }
-    };
-}
-
 /// A one-layer busybox image: /bin/busybox, applet symlinks, /etc files.
 fn busybox_layer(dir: &Path) -> PathBuf {
-    let layer = dir.join("layer");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(layer.join(d)).expect("mkdir");
-    }
-    std::fs::copy(BUSYBOX, layer.join("bin/busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "id", "cat", "echo", "hostname", "ls", "touch", "unshare", "mount", "grep", "pwd",
-        "ip", "readlink", "true", "env", "head",
-    ] {
-        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).expect("symlink");
-    }
-    std::fs::write(
-        layer.join("etc/passwd"),
+    common::busybox_root(
+        dir,
+        "layer",
+        &[
+            "sh", "id", "cat", "echo", "hostname", "ls", "touch", "unshare", "mount", "grep", "pwd",
+            "ip", "readlink", "true", "env", "head",
+        ],
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .expect("passwd");
-    std::fs::write(
-        layer.join("etc/group"),
         "root:x:0:\nnogroup:x:65534:\napp:x:1000:\nextra:x:2000:app\n",
     )
-    .expect("group");
-    layer
 }
 
 fn image(cmd: &[&str]) -> ImageConfig {

@@ -259,23 +259,7 @@ fn setup_process(
         for (flag, fd) in &p.join {
             nix::sched::setns(fd, *flag).map_err(|e| format!("setns({flag:?}): {e}"))?;
         }
-        // SAFETY: this process is single-threaded (a fork child), so the
-        // fork-like copy (no CLONE_VM, no new stack) has no lock held by
-        // another thread. CLONE_PARENT makes the caller its parent; its exit
-        // signal is ours, SIGCHLD.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
-        };
-        if ret < 0 {
-            return Err(format!("clone: {}", Errno::last()));
-        }
+        let ret = process::clone_parent()?;
         if ret == 0 {
             drop(to_parent);
             drop(from_parent);

@@ -582,6 +582,31 @@ fn parent_side(
     Ok(Pid::from_raw(i32::from_le_bytes(pid)))
 }
 
+/// A fork-like `clone(CLONE_PARENT)` from a single-threaded setup
+/// process: the child (0 returned) becomes a child of the setup process's
+/// parent, the runtime's caller, which can wait for it. The caller's pid
+/// for the child is returned in the parent.
+pub(crate) fn clone_parent() -> Result<i64, String> {
+    // SAFETY: the caller is single-threaded (a fork child), so the
+    // fork-like copy (no CLONE_VM, no new stack) has no lock held by
+    // another thread. CLONE_PARENT makes the caller's parent its parent;
+    // its exit signal is SIGCHLD.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if ret < 0 {
+        return Err(format!("clone: {}", Errno::last()));
+    }
+    Ok(ret)
+}
+
 /// Write the error to the error pipe and exit.
 pub(super) fn fail(err_w: &OwnedFd, message: &str) -> ! {
     let _ = nix::unistd::write(err_w, message.as_bytes());
@@ -625,23 +650,7 @@ fn setup_process(
                 .map_err(|e| format!("setresuid(0) in the user namespace: {e}"))?;
         }
         nix::sched::unshare(p.flags).map_err(|e| format!("unshare({:?}): {e}", p.flags))?;
-        // SAFETY: this process is single-threaded (a fork child), so the
-        // fork-like copy (no CLONE_VM, no new stack) has no lock held by
-        // another thread. CLONE_PARENT makes the caller its parent; its exit
-        // signal is ours, SIGCHLD.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
-        };
-        if ret < 0 {
-            return Err(format!("clone: {}", Errno::last()));
-        }
+        let ret = clone_parent()?;
         if ret == 0 {
             drop(to_parent);
             drop(from_parent);
