@@ -153,8 +153,8 @@ async fn runtime_child(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child =
-        reaper::spawn(&mut cmd).map_err(|e| format!("starting {}: {e}", paths.runtime.display()))?;
+    let mut child = reaper::spawn(&mut cmd)
+        .map_err(|e| format!("starting {}: {e}", paths.runtime.display()))?;
     let pid = child.pid;
     let out = child.stdout.take();
     let err = child.stderr.take();

@@ -845,9 +845,13 @@ impl Task {
             verified: None,
         };
         if let Some(key) = &self.spec.signature_key {
-            let digest =
-                image::verify(&self.paths.images, &self.spec.image, key.text(), self.name())
-                    .await?;
+            let digest = image::verify(
+                &self.paths.images,
+                &self.spec.image,
+                key.text(),
+                self.name(),
+            )
+            .await?;
             launch.verified = Some(digest);
         }
         if self.sandbox.is_none() && self.spec.network == NetworkMode::Bridge {
