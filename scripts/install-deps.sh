@@ -23,6 +23,7 @@ packages=(
     skopeo            # reads the runtime's OCI image store in its store test
     docker-registry   # a real OCI registry for the runtime's pull tests
     busybox-static    # a tiny root file system for the runtime's container tests
+    ca-certificates   # the CA roots the image ships for pulls and updates over HTTPS
     runc              # the peer the runtime's OCI command line is compared with
     crun              # the other peer of the container lifecycle benchmark
 )

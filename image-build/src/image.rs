@@ -71,6 +71,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// Debian's CA bundle (package ca-certificates).
+pub const DEFAULT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Inputs of `image-build disk` (absolute or relative to the current directory).
 #[derive(Debug, Clone)]
 pub struct DiskOptions {
@@ -88,6 +91,9 @@ pub struct DiskOptions {
     /// A static busybox, made into the preloaded image
     /// `localhost/atoll/busybox` (Debian package busybox-static).
     pub busybox: PathBuf,
+    /// The CA roots shipped for registry pulls and updates (Debian's
+    /// ca-certificates bundle).
+    pub ca_bundle: PathBuf,
     /// mke2fs from the build host, shipped in the slot.
     pub mke2fs: PathBuf,
     /// The update root of trust (a keys directory's root.json), shipped
@@ -230,6 +236,11 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
         " (build it with `cargo build --release -p atoll-updater`)",
     )?;
     require("busybox", &opts.busybox, " (Debian package busybox-static)")?;
+    require(
+        "CA certificate bundle",
+        &opts.ca_bundle,
+        " (Debian package ca-certificates)",
+    )?;
     require("mke2fs", &opts.mke2fs, " (Debian package e2fsprogs)")?;
     require(
         "update root of trust",
@@ -310,6 +321,7 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
                 runtime: &opts.runtime,
                 updater: &opts.updater,
                 busybox: &opts.busybox,
+                ca_bundle: &opts.ca_bundle,
                 mke2fs: &opts.mke2fs,
                 vmlinuz: &kernel.vmlinuz,
                 initrd: &initrd,
@@ -502,6 +514,7 @@ mod tests {
             runtime: PathBuf::from("/nonexistent/atoll-runtime"),
             updater: PathBuf::from("/nonexistent/atoll-updater"),
             busybox: PathBuf::from("/bin/busybox"),
+            ca_bundle: PathBuf::from(DEFAULT_CA_BUNDLE),
             mke2fs: PathBuf::from("/usr/sbin/mke2fs"),
             update_root: PathBuf::from("/nonexistent/root.json"),
             qcow2: false,
@@ -528,6 +541,7 @@ mod tests {
             runtime: binary.clone(),
             updater: binary.clone(),
             busybox: PathBuf::from("/bin/busybox"),
+            ca_bundle: PathBuf::from(DEFAULT_CA_BUNDLE),
             mke2fs: binary,
             update_root: tmp.path().join("missing.json"),
             qcow2: false,

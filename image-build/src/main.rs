@@ -50,6 +50,9 @@ enum Cmd {
         /// The static busybox made into the preloaded image localhost/atoll/busybox.
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
+        /// The CA roots to ship (for registry pulls and updates over HTTPS).
+        #[arg(long, default_value = image_build::image::DEFAULT_CA_BUNDLE)]
+        ca_bundle: PathBuf,
         /// mke2fs to ship in the slot (with its libraries).
         #[arg(long, default_value = "/usr/sbin/mke2fs")]
         mke2fs: PathBuf,
@@ -262,6 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime,
             updater,
             busybox,
+            ca_bundle,
             mke2fs,
             update_root,
             qcow2,
@@ -280,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runtime: at(&runtime),
                 updater: at(&updater),
                 busybox,
+                ca_bundle,
                 mke2fs,
                 update_root,
                 qcow2,

@@ -80,6 +80,8 @@ pub struct RootfsInputs<'a> {
     pub updater: &'a Path,
     /// Made into the preloaded image (see [`crate::ociimage`]).
     pub busybox: &'a Path,
+    /// Shipped as [`layout::SLOT_CA_BUNDLE`].
+    pub ca_bundle: &'a Path,
     pub mke2fs: &'a Path,
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
@@ -98,6 +100,11 @@ pub fn populate(tree: &Tree, inp: &RootfsInputs<'_>) -> Result<(), SlotError> {
     tree.copy(layout::SLOT_RUNTIME, inp.runtime, 0o755)?;
     tree.copy(layout::SLOT_UPDATER, inp.updater, 0o755)?;
     tree.copy("usr/sbin/mke2fs", inp.mke2fs, 0o755)?;
+    tree.copy(
+        layout::SLOT_CA_BUNDLE.trim_start_matches('/'),
+        inp.ca_bundle,
+        0o644,
+    )?;
     let images = layout::SLOT_PRELOADED_IMAGES.trim_start_matches('/');
     tree.dir(images)?;
     let archive = tree.path(&format!("{images}/busybox.tar"));
