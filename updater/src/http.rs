@@ -83,6 +83,9 @@ pub struct HttpRepo {
     config: HttpConfig,
 }
 
+/// The CA roots an Atoll slot ships (Debian's ca-certificates bundle).
+pub const SHIPPED_CA_BUNDLE: &str = atoll_common::layout::SLOT_CA_BUNDLE;
+
 impl HttpRepo {
     pub fn new(base: &str, config: &HttpConfig) -> Result<HttpRepo, HttpError> {
         let bad = || HttpError::Url { url: base.into() };
@@ -96,15 +99,38 @@ impl HttpRepo {
         }
         // The process-wide provider; someone else may have installed it.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .user_agent(concat!("atoll-updater/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.extra_roots_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(HttpError::Roots)?;
-            builder = builder.tls_certs_merge(certs);
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_timeout)
+                .user_agent(concat!("atoll-updater/", env!("CARGO_PKG_VERSION")))
+        };
+        let extra = match &config.extra_roots_pem {
+            Some(pem) => reqwest::Certificate::from_pem_bundle(pem).map_err(HttpError::Roots)?,
+            None => Vec::new(),
+        };
+        // An Atoll root has no system CA store: the bundle the slot ships,
+        // if any, and the config's roots are all it trusts. Elsewhere the
+        // system's roots plus the config's; with neither, only the config's
+        // (so a plain-HTTP repository still works).
+        let shipped = match std::fs::read(SHIPPED_CA_BUNDLE) {
+            Ok(pem) => Some(reqwest::Certificate::from_pem_bundle(&pem).map_err(HttpError::Roots)?),
+            Err(_) => None,
+        };
+        let client = match shipped {
+            Some(mut roots) => {
+                roots.extend(extra);
+                builder().tls_certs_only(roots).build()
+            }
+            None => match builder().tls_certs_merge(extra.clone()).build() {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    log::warn!("no system CA roots ({e}): HTTPS trusts only the config's ca_certs");
+                    builder().tls_certs_only(extra).build()
+                }
+            },
         }
-        let client = builder.build().map_err(HttpError::Client)?;
+        .map_err(HttpError::Client)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
