@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use atoll_common::api::{
     ConfigReport, ConnectReport, ContainerAction, ContainerStatus, LogRecord, NetStatus, Request,
-    Response, Status,
+    Response, Status, UpdateAction, UpdateReport, UpdateSlot,
 };
 
 /// Exit codes (also in `atollctl --help`).
@@ -352,6 +352,10 @@ pub enum Command {
         timeout_ms: Option<u64>,
     },
     /// `stop`, `start`, `restart` of a config container.
+    Update {
+        action: UpdateAction,
+        json: bool,
+    },
     Container {
         name: String,
         action: ContainerAction,
@@ -725,8 +729,121 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
             };
             println!("{name}: {done}");
         }
+        Command::Update { action, json } => {
+            let mut got = None;
+            client.call(&Request::Update { action }, |r| {
+                if let Response::Update(u) = r {
+                    got = Some(*u);
+                }
+                true
+            })?;
+            let r =
+                got.ok_or_else(|| CtlError::Unexpected("no update report in the answer".into()))?;
+            if json {
+                print_json(&r);
+            } else if action == UpdateAction::History {
+                print!("{}", format_update_history(&r));
+            } else {
+                print!("{}", format_update(&r));
+            }
+        }
     }
     Ok(exit::OK)
+}
+
+fn update_slot(s: &UpdateSlot, booted: bool, next: bool) -> String {
+    let mut line = format!(
+        "slot {}{}: {}, ",
+        s.slot,
+        if booted { " (booted)" } else { "" },
+        s.version.as_deref().unwrap_or("release unknown")
+    );
+    if s.good {
+        line.push_str("good");
+    } else if s.tries > 0 {
+        line.push_str(&format!("on trial, {} tries left", s.tries));
+    } else {
+        line.push_str("not bootable");
+    }
+    if next {
+        line.push_str(" [next boot]");
+    }
+    line
+}
+
+/// `atollctl update status|check|apply|reboot|rollback`.
+pub fn format_update(r: &UpdateReport) -> String {
+    let mut out = String::new();
+    if r.outcome != "status" {
+        out.push_str(&format!("{}\n", r.outcome));
+    }
+    out.push_str(&format!("agent: {}\n", r.agent));
+    let Some(s) = &r.status else {
+        return out;
+    };
+    let strategy = match s.strategy {
+        atoll_common::config::UpdateStrategy::Immediate => "immediate",
+        atoll_common::config::UpdateStrategy::Window => "window",
+        atoll_common::config::UpdateStrategy::Off => "off",
+    };
+    out.push_str(&format!("strategy: {strategy}\n"));
+    out.push_str(&update_slot(
+        &s.current,
+        true,
+        s.next_boot == s.current.slot,
+    ));
+    out.push('\n');
+    out.push_str(&update_slot(&s.other, false, s.next_boot == s.other.slot));
+    out.push('\n');
+    out.push_str(&format!(
+        "last check: {}\n",
+        s.last_check.as_deref().unwrap_or("never")
+    ));
+    if let Some(e) = &s.last_error {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    if let Some(d) = &s.download {
+        let pct = d.done.saturating_mul(100).checked_div(d.total).unwrap_or(0);
+        out.push_str(&format!(
+            "download: {} ({}) into slot {}: {} of {} ({pct}%)\n",
+            d.name,
+            d.version,
+            d.slot,
+            format_bytes(d.done),
+            format_bytes(d.total)
+        ));
+    }
+    if let Some(p) = &s.pending {
+        out.push_str(&format!(
+            "installed: {} in slot {} at {}, boots at the next reboot\n",
+            p.version, p.slot, p.installed_at
+        ));
+    }
+    if s.bad.is_empty() {
+        out.push_str("bad releases: none\n");
+    } else {
+        out.push_str("bad releases (never installed again by the agent):\n");
+        for (v, b) in &s.bad {
+            out.push_str(&format!("  {v} since {}: {}\n", b.since, b.reason));
+        }
+    }
+    out
+}
+
+/// `atollctl update history`: oldest first.
+pub fn format_update_history(r: &UpdateReport) -> String {
+    let events = r
+        .status
+        .as_ref()
+        .map(|s| s.history.as_slice())
+        .unwrap_or(&[]);
+    if events.is_empty() {
+        return "no update history yet\n".into();
+    }
+    events
+        .iter()
+        .map(|e| format!("{}  {}\n", e.at, e.what))
+        .collect()
 }
 
 #[cfg(test)]
@@ -735,6 +852,73 @@ mod tests {
     use super::*;
     use atoll_common::api::*;
     use atoll_common::layout::Slot;
+
+    #[test]
+    fn update_status_in_words() {
+        let mut bad = std::collections::BTreeMap::new();
+        bad.insert(
+            "0.2.0".to_string(),
+            BadRelease {
+                since: "2026-03-01T00:00:00Z".into(),
+                reason: "the host came back on slot A".into(),
+            },
+        );
+        let r = UpdateReport {
+            action: UpdateAction::Status,
+            outcome: "status".into(),
+            agent: "running (pid 7)".into(),
+            status: Some(UpdateStatus {
+                strategy: atoll_common::config::UpdateStrategy::Immediate,
+                current: UpdateSlot {
+                    slot: Slot::A,
+                    version: Some("0.1.0".into()),
+                    good: true,
+                    tries: 0,
+                },
+                other: UpdateSlot {
+                    slot: Slot::B,
+                    version: None,
+                    good: false,
+                    tries: 0,
+                },
+                next_boot: Slot::A,
+                last_check: Some("2026-03-01T00:05:00Z".into()),
+                last_error: None,
+                download: Some(UpdateDownload {
+                    name: "atoll-0.3.0.slot.zst".into(),
+                    version: "0.3.0".into(),
+                    slot: Slot::B,
+                    done: 1 << 20,
+                    total: 4 << 20,
+                }),
+                pending: None,
+                bad,
+                history: vec![UpdateEvent {
+                    at: "2026-03-01T00:00:00Z".into(),
+                    what: "0.2.0 rolled back".into(),
+                }],
+            }),
+        };
+        let text = format_update(&r);
+        assert!(!text.contains("status\n"), "{text}");
+        assert!(
+            text.contains("slot A (booted): 0.1.0, good [next boot]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slot B: release unknown, not bootable"),
+            "{text}"
+        );
+        assert!(text.contains("(25%)"), "{text}");
+        assert!(
+            text.contains("0.2.0 since 2026-03-01T00:00:00Z: the host came back"),
+            "{text}"
+        );
+        assert_eq!(
+            format_update_history(&r),
+            "2026-03-01T00:00:00Z  0.2.0 rolled back\n"
+        );
+    }
 
     fn status() -> Status {
         Status {

@@ -7,7 +7,8 @@
 //! The same binary holds both; `bin/init.rs` picks the stage. [`modules`]
 //! (modalias coldplug), [`dm`] (device-mapper ioctls) and [`sysblock`]
 //! (partitions by GPT name) serve both stages.
-//! `atollctl` (`bin/atollctl.rs`) is the client of the host API.
+//! [`updates`] runs the update agent under stage 2 and answers the API's
+//! update actions. `atollctl` (`bin/atollctl.rs`) is the client of the host API.
 
 pub mod clock;
 pub mod cmdline;
@@ -22,3 +23,4 @@ pub mod stage2;
 pub mod superblock;
 pub mod switch_root;
 pub mod sysblock;
+pub mod updates;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use atoll_common::api::ContainerAction;
+use atoll_common::api::{ContainerAction, UpdateAction};
 use atoll_init::ctl::{self, Command};
 use clap::{Parser, Subcommand};
 
@@ -90,6 +90,46 @@ enum Cmd {
     Start { name: String },
     /// Stop and start a container.
     Restart { name: String },
+    /// The update agent (docs/updates.md).
+    #[command(subcommand)]
+    Update(UpdateCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCmd {
+    /// Slots and their releases, the last check, a download, bad releases.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check now, as the schedule would: install a newer release and
+    /// reboot if the strategy says so.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check now and install a newer release whatever the schedule and
+    /// strategy; no reboot.
+    Apply {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reboot into the installed release.
+    Reboot {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot the other (good) slot at the next reboot; the running release
+    /// goes on the bad list.
+    Rollback {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the agent did: installs, reboots, rollbacks, refusals.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +206,17 @@ fn main() -> ExitCode {
             name,
             action: ContainerAction::Restart,
         },
+        Cmd::Update(u) => {
+            let (action, json) = match u {
+                UpdateCmd::Status { json } => (UpdateAction::Status, json),
+                UpdateCmd::Check { json } => (UpdateAction::Check, json),
+                UpdateCmd::Apply { json } => (UpdateAction::Apply, json),
+                UpdateCmd::Reboot { json } => (UpdateAction::Reboot, json),
+                UpdateCmd::Rollback { json } => (UpdateAction::Rollback, json),
+                UpdateCmd::History { json } => (UpdateAction::History, json),
+            };
+            Command::Update { action, json }
+        }
         Cmd::Poweroff => Command::Poweroff,
         Cmd::Reboot => Command::Reboot,
         Cmd::Config(ConfigCmd::Show { json }) => Command::ConfigShow { json },

@@ -42,6 +42,8 @@ pub struct ApiContext {
     pub containers: crate::containers::Table,
     /// Requests to the supervisor (`stop`, `start`, `restart`).
     pub container_actions: mpsc::UnboundedSender<crate::containers::ActionRequest>,
+    /// Update actions, answered by [`crate::updates::Updates::serve`].
+    pub updates: mpsc::UnboundedSender<crate::updates::UpdateRequest>,
 }
 
 impl ApiContext {
@@ -262,6 +264,23 @@ where
                 };
                 send(&mut writer, &r).await
             }
+            Request::Update { action } => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                let req = crate::updates::UpdateRequest { action, reply };
+                let answer = match ctx.updates.send(req) {
+                    Ok(()) => rx
+                        .await
+                        .unwrap_or_else(|_| Err("the update service stopped".into())),
+                    Err(_) => Err("the update service is not running".into()),
+                };
+                match answer {
+                    Ok(report) => {
+                        send(&mut writer, &Response::Update(Box::new(report))).await
+                            && send(&mut writer, &Response::Done).await
+                    }
+                    Err(message) => send(&mut writer, &Response::Error { message }).await,
+                }
+            }
             Request::NetConnect {
                 addr,
                 send: payload,
@@ -453,7 +472,8 @@ mod tests {
     use super::*;
     use crate::stage2::testutil::TempDir;
     use atoll_common::api::{
-        BootMode, BootTimes, ContainerState, ContainerStatus, DataStatus, RootStatus,
+        BootMode, BootTimes, ContainerState, ContainerStatus, DataStatus, RootStatus, UpdateAction,
+        UpdateReport,
     };
     use atoll_common::layout;
     use tokio::net::UnixStream;
@@ -512,6 +532,8 @@ mod tests {
         rt.block_on(async {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let (actions_tx, mut actions_rx) = mpsc::unbounded_channel::<crate::containers::ActionRequest>();
+            let (updates_tx, mut updates_rx) =
+                mpsc::unbounded_channel::<crate::updates::UpdateRequest>();
             let ctx = Arc::new(ApiContext {
                 status: Arc::new(Mutex::new(sample_status())),
                 refresh: Some(|s: &mut Status| s.uptime_ms = 99),
@@ -536,6 +558,23 @@ mod tests {
                     ports: Vec::new(),
                 }])),
                 container_actions: actions_tx,
+                updates: updates_tx,
+            });
+            // A stand-in for the update service: reports one status.
+            tokio::spawn(async move {
+                while let Some(req) = updates_rx.recv().await {
+                    let r = if req.action == UpdateAction::Rollback {
+                        Err("slot B (0.1.0) is not marked good".to_string())
+                    } else {
+                        Ok(UpdateReport {
+                            action: req.action,
+                            outcome: "up to date".into(),
+                            status: None,
+                            agent: "running (pid 9)".into(),
+                        })
+                    };
+                    let _ = req.reply.send(r);
+                }
             });
             // A stand-in for the supervisor: knows "web" only.
             tokio::spawn(async move {
@@ -583,6 +622,20 @@ mod tests {
             )
             .await;
             assert!(matches!(&out[0], Response::Error { message } if message.contains("db")));
+
+            let (_, out) =
+                request(&path, "{\"method\":\"update\",\"action\":\"check\"}\n").await;
+            assert!(
+                matches!(&out[0], Response::Update(r) if r.outcome == "up to date" && r.action == UpdateAction::Check),
+                "{out:?}"
+            );
+            assert_eq!(out[1], Response::Done);
+            let (_, out) =
+                request(&path, "{\"method\":\"update\",\"action\":\"rollback\"}\n").await;
+            assert!(
+                matches!(&out[..], [Response::Error { message }] if message.contains("not marked good")),
+                "{out:?}"
+            );
 
             let (_, out) = request(&path, "nonsense\n").await;
             assert!(matches!(&out[0], Response::Error { .. }));

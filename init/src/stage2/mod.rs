@@ -461,9 +461,12 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     steps.done("log store");
 
-    // 6. The host API.
+    // 6. The host API. The version is the slot's (os-release), which a
+    // release may set apart from the binaries' own.
+    let os_version = status::slot_version(Path::new(layout::SLOT_RELEASE))
+        .unwrap_or_else(|| atoll_common::VERSION.to_string());
     let status = Arc::new(Mutex::new(Status {
-        version: atoll_common::VERSION.to_string(),
+        version: os_version.clone(),
         hostname: hostname.clone(),
         machine_id: machine_id.clone(),
         booted_slot: args.slot,
@@ -485,6 +488,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let net_status: Arc<Mutex<atoll_common::api::NetStatus>> = Arc::default();
     let container_table: crate::containers::Table = Arc::default();
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(api::ApiContext {
         status: status.clone(),
         refresh: Some(status::refresh),
@@ -494,6 +498,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         net: net_status.clone(),
         containers: container_table.clone(),
         container_actions: actions_tx,
+        updates: updates_tx,
     });
     let api_up = match api::bind(Path::new(layout::API_SOCKET)) {
         Ok(listener) => {
@@ -558,15 +563,26 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     ));
     tokio::task::spawn_local(supervisor.clone().serve_actions(actions_rx));
     steps.done("containers started");
+    // 7c. The update service: answers the API now, runs the agent once the
+    // boot is marked good.
+    let updates = crate::updates::Updates::new(
+        layout::SLOT_UPDATER,
+        prov.config.update.server.clone(),
+        tx.clone(),
+    );
+    tokio::task::spawn_local(updates.clone().serve(updates_rx));
+    let health_deadline = prov
+        .config
+        .update
+        .health_deadline
+        .get()
+        .copied()
+        .unwrap_or(DEFAULT_HEALTH_DEADLINE);
 
     // 8. Ready.
     let ready_ms = clock::boottime_ms();
     let slot = args.slot.map(|s| s.letter()).unwrap_or("?");
-    let ready = format!(
-        "{} version={} slot={slot}",
-        layout::READY_PREFIX,
-        atoll_common::VERSION
-    );
+    let ready = format!("{} version={os_version} slot={slot}", layout::READY_PREFIX);
     console::line(&ready);
     hub.push_quiet(init_record(5, ready));
     if !api_up {
@@ -616,16 +632,26 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     start_virtio_port(&ctx).await;
     steps.done("after ready: devices");
 
-    // 10. Mark the boot good.
+    // 10. Mark the boot good; a trial boot only once its containers are
+    // healthy (docs/updates.md, "Trial boots").
     let esp = disk
         .as_deref()
         .and_then(|d| sys.find(d, layout::LABEL_ESP))
         .map(|p| p.device());
     let version = status::slot_version(Path::new(layout::SLOT_RELEASE));
+    let healthy = if trial {
+        assess_trial(&supervisor, health_deadline, args.slot).await
+    } else {
+        true
+    };
     match (args.slot, esp) {
+        _ if !healthy => {
+            let _ = tx.send(ShutdownKind::Reboot);
+        }
         (Some(slot), Some(esp)) => {
             let verity = args.verity.clone();
             let damaged = args.grubenv_damaged;
+            let esp_dev = esp.clone();
             let r = tokio::task::spawn_blocking(move || {
                 if let Some(db) = &db {
                     load_modules(db, &["vfat", "nls_cp437", "nls_ascii"]);
@@ -633,6 +659,12 @@ async fn boot(start_ms: u64) -> ShutdownKind {
                 bootstate::mark_good_on_esp(&esp, slot, verity.as_deref(), damaged)
             })
             .await;
+            if matches!(r, Ok(Ok(_))) {
+                // The ESP stays mounted for the agent (a quick vfat mount).
+                updates.start(&esp_dev);
+            } else {
+                log::error!("update agent not started: the boot is not marked good");
+            }
             let mut s = lock(&status);
             match r {
                 Ok(Ok(rec)) => {
@@ -671,11 +703,49 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         Some(kind) => kind,
         None => std::future::pending().await,
     };
-    // Containers first (they may still talk to the network), then the DHCP
-    // leases go back to their servers while the network still works.
+    // The update agent first (it must not start a write the shutdown cuts
+    // short for nothing), then the containers (they may still talk to the
+    // network), then the DHCP leases go back to their servers while the
+    // network still works.
+    updates.stop().await;
     supervisor.stop_all().await;
     prov.net.shutdown().await;
     kind
+}
+
+/// `[update] health_deadline` when the config has none that parses.
+const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A trial boot's assessment: true when every container with a healthcheck
+/// became healthy within `deadline`. Otherwise says why on the console;
+/// the caller reboots without marking the slot good, so the boot loader
+/// spends a try and falls back to the other slot when they run out.
+async fn assess_trial(
+    supervisor: &crate::containers::Supervisor,
+    deadline: Duration,
+    slot: Option<Slot>,
+) -> bool {
+    let slot = slot.map(|s| s.letter()).unwrap_or("?");
+    log::info!(
+        "trial boot of slot {slot}: waiting up to {} s for the containers to be healthy",
+        deadline.as_secs()
+    );
+    match supervisor.wait_healthy(deadline).await {
+        Ok(()) => {
+            log::info!("trial boot of slot {slot}: containers healthy");
+            true
+        }
+        Err(why) => {
+            say(
+                3,
+                &format!(
+                    "atoll: ERROR: trial boot of slot {slot} failed its health check: {why}; \
+                     rebooting without marking it good"
+                ),
+            );
+            false
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
