@@ -65,6 +65,9 @@ pub struct Updates {
     /// What the agent is doing, for the API.
     agent: RefCell<String>,
     agent_pid: Cell<Option<u32>>,
+    /// `--device-a DEV --device-b DEV`: the slots' partitions as PID 1
+    /// found them (there is no udev for /dev/disk/by-partlabel).
+    devices: RefCell<Vec<std::ffi::OsString>>,
     /// The pid of an updater run for the API, if one runs.
     action_pid: Cell<Option<u32>>,
     /// Actions that asked the agent to stay stopped.
@@ -93,6 +96,7 @@ impl Updates {
             shutdown,
             started: Cell::new(false),
             agent_pid: Cell::new(None),
+            devices: RefCell::new(Vec::new()),
             action_pid: Cell::new(None),
             paused: Cell::new(0),
             pause: Notify::new(),
@@ -107,9 +111,19 @@ impl Updates {
     }
 
     /// Once the boot is marked good: mounts the ESP on [`ESP_MOUNT`] and
-    /// starts the agent (if a server is configured). Blocking mount, done
-    /// before the agent's first look at grubenv.
-    pub fn start(self: &Rc<Self>, esp: &Path) {
+    /// starts the agent (if a server is configured), telling it the slots'
+    /// partitions. Blocking mount, done before the agent's first look at
+    /// grubenv.
+    pub fn start(self: &Rc<Self>, esp: &Path, slot_a: Option<&Path>, slot_b: Option<&Path>) {
+        {
+            let mut d = self.devices.borrow_mut();
+            for (flag, dev) in [("--device-a", slot_a), ("--device-b", slot_b)] {
+                if let Some(dev) = dev {
+                    d.push(flag.into());
+                    d.push(dev.as_os_str().to_owned());
+                }
+            }
+        }
         if let Err(e) = mount_esp(esp) {
             log::error!("update agent not started: {e}");
             self.set_agent(format!("not started: {e}"));
@@ -237,6 +251,7 @@ impl Updates {
     fn command(&self, flags: &[&str], sub: &str) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.args(flags)
+            .args(self.devices.borrow().iter())
             .arg("--esp")
             .arg(ESP_MOUNT)
             .arg(sub)

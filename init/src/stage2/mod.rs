@@ -661,7 +661,16 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             .await;
             if matches!(r, Ok(Ok(_))) {
                 // The ESP stays mounted for the agent (a quick vfat mount).
-                updates.start(&esp_dev);
+                let part = |label| {
+                    disk.as_deref()
+                        .and_then(|d| sys.find(d, label))
+                        .map(|p| p.device())
+                };
+                updates.start(
+                    &esp_dev,
+                    part(layout::LABEL_ROOT_A).as_deref(),
+                    part(layout::LABEL_ROOT_B).as_deref(),
+                );
             } else {
                 log::error!("update agent not started: the boot is not marked good");
             }
