@@ -11,6 +11,7 @@
 //! - [`cidata`]: NoCloud seed images (vfat or iso9660 labelled `CIDATA`);
 //! - [`servers`]: servers on the host loopback for the guest to reach
 //!   through user networking (cloud metadata, echo, files over HTTP);
+//! - [`update_repo`]: a signed update repository with a newer release;
 //! - [`bench`]: the boot-time benchmark behind `qemu-tests bench`.
 //!
 //! The integration tests in `tests/` each boot their own VM.
@@ -24,6 +25,7 @@ pub mod lines;
 pub mod qmp;
 pub mod registry;
 pub mod servers;
+pub mod update_repo;
 pub mod vm;
 
 pub use console::{Match, Pattern};

@@ -1,0 +1,164 @@
+//! An update repository holding a newer release of the image the tests
+//! boot, for the update tests (docs/updates.md).
+//!
+//! The release is cut the way an operator cuts one: `image-build disk
+//! --os-version V` builds a slot from the same binaries that says it is
+//! version V (os-release, so the agent and the ready line see V after the
+//! update), and `image-build release --keys target/atoll/keys` signs it with
+//! the development keys the base image trusts. Both are slow, so the
+//! result is kept in `target/atoll/test-update/` and reused while the base
+//! image's build.json is unchanged. Each test serves its own copy
+//! ([`UpdateRepo::copy_to`]) so that it can tamper with it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::disk;
+
+/// The version the test release claims.
+pub const NEXT_VERSION: &str = "0.2.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}):\n{output}")]
+    Tool {
+        command: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
+    let what = what.into();
+    move |source| RepoError::Io { what, source }
+}
+
+/// A signed repository with [`NEXT_VERSION`] in it (a pristine copy).
+#[derive(Debug, Clone)]
+pub struct UpdateRepo {
+    pub dir: PathBuf,
+    pub version: String,
+}
+
+static BUILT: Mutex<Option<UpdateRepo>> = Mutex::new(None);
+
+/// The repository, built on first use (minutes) and reused.
+pub fn next_release() -> Result<UpdateRepo, RepoError> {
+    let mut guard = match BUILT.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(r) = guard.as_ref() {
+        return Ok(r.clone());
+    }
+    let r = build()?;
+    *guard = Some(r.clone());
+    Ok(r)
+}
+
+fn run(cmd: &mut Command) -> Result<(), RepoError> {
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(io(format!("starting {command}")))?;
+    if !out.status.success() {
+        return Err(RepoError::Tool {
+            command,
+            status: out.status,
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn build() -> Result<UpdateRepo, RepoError> {
+    let root = disk::workspace_root();
+    let base = disk::base_image()?;
+    let base_json = base.with_file_name("build.json");
+    let stamp = std::fs::read(&base_json).map_err(io(base_json.display().to_string()))?;
+    let dir = root.join("target/atoll/test-update");
+    let repo = dir.join("repo");
+    let stamp_file = dir.join("built-from.json");
+    if repo.is_dir() && std::fs::read(&stamp_file).ok().as_deref() == Some(&stamp[..]) {
+        return Ok(UpdateRepo {
+            dir: repo,
+            version: NEXT_VERSION.into(),
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io(dir.display().to_string()))?;
+    let image_build = root.join("target/release/image-build");
+    let keys = root.join("target/atoll/keys");
+    let out = dir.join("v2");
+    run(Command::new(&image_build)
+        .current_dir(&root)
+        .arg("disk")
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(root.join("target/atoll/cache"))
+        .arg("--update-root")
+        .arg(keys.join("root.json"))
+        .arg("--os-version")
+        .arg(NEXT_VERSION))?;
+    let tmp = dir.join("repo.tmp");
+    run(Command::new(&image_build)
+        .current_dir(&root)
+        .arg("release")
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--repo")
+        .arg(&tmp)
+        .arg("--slot")
+        .arg(out.join("work/slot.img"))
+        .arg("--build-json")
+        .arg(out.join("build.json"))
+        .arg("--version")
+        .arg(NEXT_VERSION))?;
+    std::fs::rename(&tmp, &repo).map_err(io(repo.display().to_string()))?;
+    // Only the repository is needed from here on.
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::write(&stamp_file, &stamp).map_err(io(stamp_file.display().to_string()))?;
+    Ok(UpdateRepo {
+        dir: repo,
+        version: NEXT_VERSION.into(),
+    })
+}
+
+impl UpdateRepo {
+    /// A copy of the repository under `dest` (made), to serve and tamper with.
+    pub fn copy_to(&self, dest: &Path) -> Result<PathBuf, RepoError> {
+        copy_dir(&self.dir, dest)?;
+        Ok(dest.to_path_buf())
+    }
+
+    /// The payload's name in `targets/`.
+    pub fn target_name(&self) -> String {
+        format!("atoll-{}.slot.zst", self.version)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), RepoError> {
+    std::fs::create_dir_all(to).map_err(io(to.display().to_string()))?;
+    for entry in std::fs::read_dir(from).map_err(io(from.display().to_string()))? {
+        let entry = entry.map_err(io(from.display().to_string()))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        if src.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(io(src.display().to_string()))?;
+        }
+    }
+    Ok(())
+}
