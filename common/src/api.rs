@@ -72,6 +72,30 @@ pub enum Request {
     /// The update agent: its status, or an action (docs/updates.md). The
     /// answer: [`Response::Update`] (or [`Response::Error`]).
     Update { action: UpdateAction },
+    /// The images in the host's store. The answer: [`Response::Images`].
+    Images,
+    /// Pull an image into the store (a reference as Docker parses it). The
+    /// answer: [`Response::Message`] naming the digest.
+    Pull { image: String },
+    /// Remove an image's name from the store; refused while the config
+    /// uses it. Its blobs go at the next [`Request::Prune`].
+    RemoveImage { image: String },
+    /// Remove blobs and unpacked layers no image names.
+    Prune,
+}
+
+/// One image in the store, as `atollctl images` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The canonical name (`docker.io/library/busybox:latest`).
+    pub name: String,
+    /// The manifest digest the name points to.
+    pub digest: String,
+    /// The layers' compressed size in bytes.
+    pub size: u64,
+    /// The config's containers that use it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
 }
 
 /// What [`Request::Update`] does.
@@ -298,6 +322,11 @@ pub enum Response {
         timed_out: bool,
     },
     Update(Box<UpdateReport>),
+    Images(Vec<ImageInfo>),
+    /// What a request did, in a line (pull, remove, prune).
+    Message {
+        message: String,
+    },
     /// The request was carried out (poweroff/reboot) or the answer is complete.
     Done,
     Error {

@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use atoll_common::api::{
-    ConfigReport, ConnectReport, ContainerAction, ContainerStatus, LogRecord, NetStatus, Request,
-    Response, Status, UpdateAction, UpdateReport, UpdateSlot,
+    ConfigReport, ConnectReport, ContainerAction, ContainerStatus, ImageInfo, LogRecord, NetStatus,
+    Request, Response, Status, UpdateAction, UpdateReport, UpdateSlot,
 };
 
 /// Exit codes (also in `atollctl --help`).
@@ -360,6 +360,51 @@ pub enum Command {
         name: String,
         action: ContainerAction,
     },
+    /// `images`.
+    Images {
+        json: bool,
+    },
+    /// `pull`, `rmi`, `prune`: the request; its answer is a line.
+    Store(Request),
+}
+
+/// `images`: one line per image.
+pub fn format_images(list: &[ImageInfo]) -> String {
+    if list.is_empty() {
+        return "no images in the store\n".to_string();
+    }
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "DIGEST".to_string(),
+        "SIZE".to_string(),
+        "USED BY".to_string(),
+    ]];
+    for i in list {
+        let short = i
+            .digest
+            .split_once(':')
+            .map_or(i.digest.as_str(), |(_, h)| h);
+        rows.push([
+            i.name.clone(),
+            format!("sha256:{}", short.get(..12).unwrap_or(short)),
+            format_bytes(i.size),
+            i.used_by.join(","),
+        ]);
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, w) in widths.iter().enumerate() {
+            line.push_str(&format!("{:<w$}  ", r[c], w = *w));
+        }
+        line.push_str(&r[3]);
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `ps`: one line per container.
@@ -729,6 +774,32 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
             };
             println!("{name}: {done}");
         }
+        Command::Images { json } => {
+            let mut got = None;
+            client.call(&Request::Images, |r| {
+                if let Response::Images(l) = r {
+                    got = Some(l);
+                }
+                true
+            })?;
+            let list = got.ok_or_else(|| CtlError::Unexpected("no images in the answer".into()))?;
+            if json {
+                print_json(&list);
+            } else {
+                print!("{}", format_images(&list));
+            }
+        }
+        Command::Store(req) => {
+            let mut got = None;
+            client.call(&req, |r| {
+                if let Response::Message { message } = r {
+                    got = Some(message);
+                }
+                true
+            })?;
+            let m = got.ok_or_else(|| CtlError::Unexpected("no message in the answer".into()))?;
+            println!("{m}");
+        }
         Command::Update { action, json } => {
             let mut got = None;
             client.call(&Request::Update { action }, |r| {
@@ -852,6 +923,39 @@ mod tests {
     use super::*;
     use atoll_common::api::*;
     use atoll_common::layout::Slot;
+
+    #[test]
+    fn images_table() {
+        assert_eq!(format_images(&[]), "no images in the store\n");
+        let list = vec![
+            ImageInfo {
+                name: "docker.io/library/busybox:latest".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                size: 2 * 1024 * 1024,
+                used_by: vec!["hello".into(), "web/side".into()],
+            },
+            ImageInfo {
+                name: "localhost/x:1".into(),
+                digest: "sha256:0123".into(),
+                size: 10,
+                used_by: vec![],
+            },
+        ];
+        let out = format_images(&list);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("NAME "), "{out}");
+        assert!(
+            lines[1].contains("sha256:abababababab ") && lines[1].ends_with("hello,web/side"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("sha256:0123 ") && !lines[2].ends_with(' '),
+            "{out}"
+        );
+        // The columns line up.
+        assert_eq!(lines[1].find("sha256"), lines[2].find("sha256"), "{out}");
+    }
 
     #[test]
     fn update_status_in_words() {

@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{
-    ContainerAction, ContainerState, ContainerStatus, LogRecord, Request, Response,
+    ContainerAction, ContainerState, ContainerStatus, ImageInfo, LogRecord, Request, Response,
 };
 use atoll_common::layout::FW_CFG_CONFIG;
 use qemu_tests::registry::{busybox_image, Registry};
@@ -348,6 +348,26 @@ fn pod_containers_share_localhost_after_init() -> TestResult {
 }
 
 /// Host port forwarded to the guest's published port 8080.
+fn images(vm: &Vm) -> Result<Vec<ImageInfo>, VmError> {
+    for r in vm.api(&Request::Images)? {
+        if let Response::Images(l) = r {
+            return Ok(l);
+        }
+    }
+    Err(vm.fail("images gave no list"))
+}
+
+/// A pull, rmi or prune request: its answer's message.
+fn store_request(vm: &Vm, req: &Request) -> Result<String, VmError> {
+    let answer = vm.api(req)?;
+    for r in &answer {
+        if let Response::Message { message } = r {
+            return Ok(message.clone());
+        }
+    }
+    Err(vm.fail(format!("{req:?} answered {answer:?}")))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -455,6 +475,60 @@ depends_on = ["web"]
     )?;
     vm.check(code == Some(0), || {
         format!("the container cannot reach the registry through NAT: {out:?} {code:?}")
+    })?;
+    // The image commands: pull one more by hand, see it listed, remove it
+    // and prune its blobs; an image the config uses cannot be removed.
+    let extra = dir.path().join("extra.tar");
+    busybox_image("localhost/test/extra:3", &["true"], &extra)?;
+    let extra_digest = registry.push(&extra, "test/extra:3")?;
+    let extra_name = format!("{host}/test/extra:3");
+    let pulled = store_request(
+        &vm,
+        &Request::Pull {
+            image: extra_name.clone(),
+        },
+    )?;
+    vm.check(pulled.contains(&extra_digest), || {
+        format!("pull answered {pulled:?} (pushed {extra_digest})")
+    })?;
+    let list = images(&vm)?;
+    let web_image = format!("{host}/test/web:1");
+    vm.check(
+        list.iter()
+            .any(|i| i.name == extra_name && i.digest == extra_digest && i.used_by.is_empty())
+            && list
+                .iter()
+                .any(|i| i.name == web_image && i.used_by == ["web"] && i.size > 0),
+        || format!("images: {list:?}"),
+    )?;
+    let refused = vm.api(&Request::RemoveImage {
+        image: web_image.clone(),
+    })?;
+    vm.check(
+        matches!(refused.last(), Some(Response::Error { message }) if message.contains("used by web")),
+        || format!("removing {web_image}: {refused:?}"),
+    )?;
+    store_request(
+        &vm,
+        &Request::RemoveImage {
+            image: extra_name.clone(),
+        },
+    )?;
+    let pruned = store_request(&vm, &Request::Prune)?;
+    // The extra image's manifest and config blobs go (its layer is shared).
+    vm.check(
+        pruned.starts_with("removed ") && !pruned.starts_with("removed 0 blobs"),
+        || format!("prune answered {pruned:?}"),
+    )?;
+    let list = images(&vm)?;
+    vm.check(
+        !list.iter().any(|i| i.name == extra_name) && list.iter().any(|i| i.name == web_image),
+        || format!("images after rmi and prune: {list:?}"),
+    )?;
+    // What runs still runs: its layers were kept.
+    let (out, code) = exec(&vm, "web", &["cat", "/var/www/index.html"])?;
+    vm.check(code == Some(0) && out.contains("served-by-atoll"), || {
+        format!("web after prune: {out:?} {code:?}")
     })?;
     poweroff_stops(&vm, &["web", "tool"])
 }

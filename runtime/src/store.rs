@@ -452,6 +452,16 @@ impl Store {
         self.resolve(name, &descriptor)
     }
 
+    /// The image whose manifest is `digest`, named or not (a running
+    /// container's, after its name moved on), if its blobs are still here.
+    pub fn image_by_digest(&self, digest: &Digest) -> Result<Image, StoreError> {
+        let size = std::fs::metadata(self.blob_path(digest))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let descriptor = Descriptor::new("", *digest, size);
+        self.resolve(&digest.to_string(), &descriptor)
+    }
+
     fn resolve(&self, name: &str, descriptor: &Descriptor) -> Result<Image, StoreError> {
         let digest = descriptor.digest;
         let bytes = self.read_blob(&digest, MANIFEST_MAX)?;

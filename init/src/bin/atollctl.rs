@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use atoll_common::api::{ContainerAction, UpdateAction};
+use atoll_common::api::{ContainerAction, Request, UpdateAction};
 use atoll_init::ctl::{self, Command};
 use clap::{Parser, Subcommand};
 
@@ -93,6 +93,20 @@ enum Cmd {
     /// The update agent (docs/updates.md).
     #[command(subcommand)]
     Update(UpdateCmd),
+    /// The images in the host's store: name, digest, size, the config's
+    /// containers that use them.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull an image into the store (e.g. `busybox`, `ghcr.io/org/app:1`,
+    /// `REPO@sha256:…`) with the config's registry settings.
+    Pull { image: String },
+    /// Remove an image from the store (refused while the config uses it);
+    /// its space comes back at the next `prune`.
+    Rmi { image: String },
+    /// Remove the blobs and unpacked layers no image names.
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +231,10 @@ fn main() -> ExitCode {
             };
             Command::Update { action, json }
         }
+        Cmd::Images { json } => Command::Images { json },
+        Cmd::Pull { image } => Command::Store(Request::Pull { image }),
+        Cmd::Rmi { image } => Command::Store(Request::RemoveImage { image }),
+        Cmd::Prune => Command::Store(Request::Prune),
         Cmd::Poweroff => Command::Poweroff,
         Cmd::Reboot => Command::Reboot,
         Cmd::Config(ConfigCmd::Show { json }) => Command::ConfigShow { json },

@@ -99,11 +99,19 @@ fn import(store: &Store, paths: &ImagePaths, name: &str, p: &Preloaded) -> Resul
 }
 
 /// Pulls `image` with `atoll-runtime pull`, logging its progress lines
-/// under `container`'s name. The error is the pull's last error line.
-pub async fn pull(paths: &ImagePaths, image: &str, container: &str) -> Result<(), String> {
-    runtime_child(paths, "pull", &[image], container, PULL_TIMEOUT)
-        .await
-        .map(|_| ())
+/// after `who` (`container NAME`). Returns the manifest digest pulled; the
+/// error is the pull's last error line.
+pub async fn pull(paths: &ImagePaths, image: &str, who: &str) -> Result<String, String> {
+    let lines = runtime_child(paths, "pull", &[image], who, PULL_TIMEOUT).await?;
+    // `IMAGE: pulled sha256:…`
+    Ok(lines
+        .iter()
+        .rev()
+        .find_map(|l| {
+            l.rsplit_once(": pulled ")
+                .map(|(_, d)| d.trim().to_string())
+        })
+        .unwrap_or_default())
 }
 
 /// Checks `image`'s signature with `atoll-runtime verify` (the stored one,
@@ -119,7 +127,7 @@ pub async fn verify(
         paths,
         "verify",
         &["--key", key, image],
-        container,
+        &format!("container {container}"),
         Duration::from_secs(5 * 60),
     )
     .await?;
@@ -136,12 +144,12 @@ pub async fn verify(
 }
 
 /// Runs `atoll-runtime COMMAND --store … [--config …] ARGS`, logging its
-/// stdout lines under `container`; returns them, or its last error line.
+/// stdout lines after `who`; returns them, or its last error line.
 async fn runtime_child(
     paths: &ImagePaths,
     command: &str,
     args: &[&str],
-    container: &str,
+    who: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
     let mut cmd = Command::new(&paths.runtime);
@@ -158,13 +166,13 @@ async fn runtime_child(
     let pid = child.pid;
     let out = child.stdout.take();
     let err = child.stderr.take();
-    let name = container.to_string();
+    let name = who.to_string();
     let progress = async move {
         let mut all = Vec::new();
         if let Some(out) = out.and_then(|o| tokio_pipe(o.into()).ok()) {
             let mut lines = tokio::io::BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                log::info!("container {name}: {line}");
+                log::info!("{name}: {line}");
                 all.push(line);
             }
         }

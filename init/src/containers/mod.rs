@@ -22,6 +22,7 @@
 pub mod exec;
 pub mod health;
 pub mod image;
+pub mod images;
 pub mod logs;
 pub mod net;
 pub mod pod;
@@ -72,6 +73,11 @@ pub enum ActionRequest {
         timeout: Duration,
         reply: mpsc::UnboundedSender<atoll_common::api::Response>,
     },
+    /// `images`, `pull`, `rmi`, `prune`: answered with one response.
+    Store(
+        images::StoreRequest,
+        oneshot::Sender<atoll_common::api::Response>,
+    ),
 }
 
 /// Where the supervisor finds and keeps things.
@@ -144,6 +150,9 @@ pub struct Supervisor {
     shutdown: watch::Sender<bool>,
     done: std::cell::RefCell<Vec<oneshot::Receiver<()>>>,
     targets: Targets,
+    /// For the image requests: which images the config uses.
+    config: Config,
+    paths: Rc<Paths>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +337,8 @@ impl Supervisor {
             shutdown,
             done: std::cell::RefCell::new(done),
             targets,
+            config: config.clone(),
+            paths,
         }
     }
 
@@ -368,6 +379,18 @@ impl Supervisor {
             match req {
                 ActionRequest::Action(name, action, reply) => {
                     let _ = reply.send(self.act(&name, action));
+                }
+                ActionRequest::Store(request, reply) => {
+                    let images = self.paths.images.clone();
+                    let config = self.config.clone();
+                    let running: Vec<String> = lock(&self.table)
+                        .iter()
+                        .filter_map(|c| c.image_digest.clone())
+                        .collect();
+                    tokio::task::spawn_local(async move {
+                        let answer = images::serve(request, images, config, running).await;
+                        let _ = reply.send(answer);
+                    });
                 }
                 ActionRequest::Exec {
                     name,
@@ -831,7 +854,10 @@ impl Task {
                     ContainerState::Pulling,
                     format!("pulling {}", self.spec.image),
                 );
-                image::pull(&self.paths.images, &self.spec.image, self.name()).await
+                let who = format!("container {}", self.name());
+                image::pull(&self.paths.images, &self.spec.image, &who)
+                    .await
+                    .map(|_| ())
             }
         }
     }

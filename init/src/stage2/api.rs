@@ -264,6 +264,31 @@ where
                 };
                 send(&mut writer, &r).await
             }
+            Request::Images
+            | Request::Pull { .. }
+            | Request::RemoveImage { .. }
+            | Request::Prune => {
+                use crate::containers::images::StoreRequest;
+                let request = match req {
+                    Request::Pull { image } => StoreRequest::Pull(image),
+                    Request::RemoveImage { image } => StoreRequest::Remove(image),
+                    Request::Prune => StoreRequest::Prune,
+                    _ => StoreRequest::List,
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let req = crate::containers::ActionRequest::Store(request, tx);
+                let answer = match ctx.container_actions.send(req) {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Response::Error {
+                        message: "the container supervisor is not running".into(),
+                    }),
+                    Err(_) => Response::Error {
+                        message: "the container supervisor is not running yet".into(),
+                    },
+                };
+                let error = matches!(answer, Response::Error { .. });
+                send(&mut writer, &answer).await
+                    && (error || send(&mut writer, &Response::Done).await)
+            }
             Request::Update { action } => {
                 let (reply, rx) = tokio::sync::oneshot::channel();
                 let req = crate::updates::UpdateRequest { action, reply };
