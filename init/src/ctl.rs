@@ -391,20 +391,7 @@ pub fn format_images(list: &[ImageInfo]) -> String {
             i.used_by.join(","),
         ]);
     }
-    let widths: Vec<usize> = (0..3)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (c, w) in widths.iter().enumerate() {
-            line.push_str(&format!("{:<w$}  ", r[c], w = *w));
-        }
-        line.push_str(&r[3]);
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    format_table(&rows)
 }
 
 /// `ps`: one line per container.
@@ -447,16 +434,24 @@ pub fn format_containers(list: &[ContainerStatus]) -> String {
             detail,
         ]);
     }
-    let widths: Vec<usize> = (0..5)
+    format_table(&rows)
+}
+
+/// Rows of columns, each column as wide as its widest cell (the last one
+/// not padded), two spaces apart, no trailing blanks.
+fn format_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
-        for (i, w) in widths.iter().enumerate() {
+        for (i, w) in widths.iter().enumerate().take(N.saturating_sub(1)) {
             line.push_str(&format!("{:<w$}  ", r[i], w = *w));
         }
-        line.push_str(&r[5]);
+        if let Some(last) = r.last() {
+            line.push_str(last);
+        }
         out.push_str(line.trim_end());
         out.push('\n');
     }

@@ -200,19 +200,7 @@ pub fn exec(
             // The setup process exits right after sending the pid (or on
             // error): reap it, by pid, either way.
             let _ = waitpid(child, None);
-            let mut message = String::new();
-            let _ = std::fs::File::from(err_r).read_to_string(&mut message);
-            match result {
-                Ok(pid) if message.is_empty() => Ok(process::Container::from_child(pid)),
-                Ok(pid) => {
-                    // It failed before execve and has exited (or is about
-                    // to): reap it, it is ours.
-                    let _ = waitpid(pid, None);
-                    Err(ProcessError::Setup(message))
-                }
-                Err(_) if !message.is_empty() => Err(ProcessError::Setup(message)),
-                Err(e) => Err(e),
-            }
+            process::setup_outcome(result, err_r).map(process::Container::from_child)
         }
     }
 }

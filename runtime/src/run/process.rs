@@ -532,21 +532,28 @@ pub fn start_with(
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             }
             let _ = waitpid(child, None);
-            let mut message = String::new();
-            let _ = std::fs::File::from(err_r).read_to_string(&mut message);
-            match result {
-                Ok(init) if message.is_empty() => Ok(Container {
-                    pid: init,
-                    status: None,
-                }),
-                Ok(init) => {
-                    let _ = waitpid(init, None);
-                    Err(ProcessError::Setup(message))
-                }
-                Err(_) if !message.is_empty() => Err(ProcessError::Setup(message)),
-                Err(e) => Err(e),
-            }
+            setup_outcome(result, err_r).map(|pid| Container { pid, status: None })
         }
+    }
+}
+
+/// After the setup process has exited: the started process's pid, or the
+/// error the setup process wrote to `err_r` (a process that started but
+/// reported a failure before execve is reaped here).
+pub(crate) fn setup_outcome(
+    result: Result<Pid, ProcessError>,
+    err_r: OwnedFd,
+) -> Result<Pid, ProcessError> {
+    let mut message = String::new();
+    let _ = std::fs::File::from(err_r).read_to_string(&mut message);
+    match result {
+        Ok(pid) if message.is_empty() => Ok(pid),
+        Ok(pid) => {
+            let _ = waitpid(pid, None);
+            Err(ProcessError::Setup(message))
+        }
+        Err(_) if !message.is_empty() => Err(ProcessError::Setup(message)),
+        Err(e) => Err(e),
     }
 }
 
