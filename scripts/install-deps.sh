@@ -22,6 +22,7 @@ packages=(
     iproute2          # network namespaces and veth for that test
     skopeo            # reads the runtime's OCI image store in its store test
     docker-registry   # a real OCI registry for the runtime's pull tests
+    openssl           # the token-auth pull test's signing key and certificate
     busybox-static    # a tiny root file system for the runtime's container tests
     ca-certificates   # the CA roots the image ships for pulls and updates over HTTPS
     runc              # the peer the runtime's OCI command line is compared with

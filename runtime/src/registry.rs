@@ -603,6 +603,14 @@ impl RegistryClient {
             response.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
         ) {
+            if login.is_none() {
+                // Refused anonymously: it is not the credentials' fault.
+                return Err(RegistryError::NeedCredentials {
+                    url: url.to_string(),
+                    registry: endpoint.host.clone(),
+                    scheme: "bearer".to_owned(),
+                });
+            }
             let detail = error_detail(response).await;
             return Err(RegistryError::Denied {
                 url: url.to_string(),
@@ -640,6 +648,9 @@ impl RegistryClient {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
+        let scheme = header_str(response.headers(), WWW_AUTHENTICATE.as_str())
+            .and_then(|h| parse_challenges(&h).into_iter().next())
+            .map_or_else(|| "bearer".to_owned(), |c| c.scheme);
         let auth = self
             .login(endpoint, repository, url, response.headers())
             .await?;
@@ -650,6 +661,15 @@ impl RegistryClient {
             response.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
         ) {
+            if self.credential(endpoint).is_none() {
+                // An anonymous token without access (Docker Hub's answer
+                // for a private repository): credentials are missing.
+                return Err(RegistryError::NeedCredentials {
+                    url: url.to_owned(),
+                    registry: endpoint.host.clone(),
+                    scheme,
+                });
+            }
             let detail = error_detail(response).await;
             return Err(RegistryError::Denied {
                 url: url.to_owned(),
