@@ -198,6 +198,7 @@ impl Supervisor {
         paths: Paths,
         table: Table,
         modules: Option<Arc<crate::modules::ModuleDb>>,
+        network: watch::Receiver<bool>,
     ) -> Self {
         let (shutdown, _) = watch::channel(false);
         // The admin container, when enabled, is supervised as one more.
@@ -279,6 +280,7 @@ impl Supervisor {
                 } else {
                     Vec::new()
                 },
+                network: network.clone(),
             };
             tokio::task::spawn_local(async move {
                 task.run(deps).await;
@@ -324,6 +326,7 @@ impl Supervisor {
                 up,
                 shutdown: shutdown.clone(),
                 targets: targets.clone(),
+                network: network.clone(),
             };
             let deps = deps_of(&names);
             tokio::task::spawn_local(async move {
@@ -575,6 +578,9 @@ pub(crate) struct Task {
     pub(crate) health: Option<tokio::task::JoinHandle<()>>,
     /// See [`Launch::mounts`].
     pub(crate) mounts: Vec<atoll_runtime::run::spec::Mount>,
+    /// Whether the host's network is configured: a container with a
+    /// network, or one whose image must be pulled, waits for it.
+    pub(crate) network: watch::Receiver<bool>,
 }
 
 /// Running containers by id (and name), for exec.
@@ -658,8 +664,16 @@ impl Task {
 
     /// Supervises until shutdown (`None`), or, for a one-shot task, until
     /// its first exit (its exit code).
-    pub(crate) async fn run(mut self, deps: Vec<(String, watch::Receiver<bool>)>) -> Option<i32> {
-        // 1. Dependencies.
+    pub(crate) async fn run(
+        mut self,
+        mut deps: Vec<(String, watch::Receiver<bool>)>,
+    ) -> Option<i32> {
+        // 1. Dependencies: the host's network first for a container with
+        // one (a pod waits for it itself); `network = "none"` ones with a
+        // local image start while the network is still coming up.
+        if self.spec.network != NetworkMode::None && self.sandbox.is_none() {
+            deps.insert(0, ("the network".to_string(), self.network.clone()));
+        }
         for (dep, mut rx) in deps {
             self.state(ContainerState::Waiting, format!("waiting for {dep}"));
             tokio::select! {
@@ -849,6 +863,17 @@ impl Task {
                 Ok(())
             }
             Local::Missing => {
+                if !*self.network.borrow() {
+                    self.state(
+                        ContainerState::Waiting,
+                        format!("waiting for the network to pull {}", self.spec.image),
+                    );
+                    let mut rx = self.network.clone();
+                    tokio::select! {
+                        _ = rx.wait_for(|up| *up) => {}
+                        _ = self.until_shutdown() => return Err("host shutting down".into()),
+                    }
+                }
                 log::info!("container {}: pulling {}", self.name(), self.spec.image);
                 self.state(
                     ContainerState::Pulling,

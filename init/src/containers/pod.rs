@@ -33,6 +33,8 @@ pub(crate) struct PodTask {
     pub up: watch::Sender<bool>,
     pub shutdown: watch::Sender<bool>,
     pub targets: super::Targets,
+    /// Whether the host's network is configured.
+    pub network: watch::Receiver<bool>,
 }
 
 /// The sandbox and what it holds.
@@ -99,6 +101,7 @@ impl PodTask {
             targets: self.targets.clone(),
             health: None,
             mounts: Vec::new(),
+            network: self.network.clone(),
         }
     }
 
@@ -181,7 +184,11 @@ impl PodTask {
         Ok(true)
     }
 
-    pub(crate) async fn run(mut self, deps: Vec<(String, watch::Receiver<bool>)>) {
+    pub(crate) async fn run(mut self, mut deps: Vec<(String, watch::Receiver<bool>)>) {
+        // A pod with a network starts once the host's is configured.
+        if self.pod.network != NetworkMode::None {
+            deps.insert(0, ("the network".to_string(), self.network.clone()));
+        }
         for (dep, mut rx) in deps {
             self.set_all(ContainerState::Waiting, &format!("waiting for {dep}"));
             let mut sd = self.shutdown.subscribe();

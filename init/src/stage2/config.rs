@@ -160,16 +160,34 @@ fn parse(data: &[u8], source: &str) -> Result<Config, config::ConfigError> {
     config::parse(data, source)
 }
 
-/// Runs the whole step: returns the config in force, the host name, and
-/// the running network manager. `report` and `net_status` are what the
-/// API shows.
-pub async fn provision(
+/// The config step's outcome, before the network is configured.
+pub struct ConfigStep {
+    pub config: Config,
+    pub hostname: String,
+    /// The network, if the metadata service needed it already.
+    running: Option<(NetPlan, NetHandle)>,
+}
+
+impl std::fmt::Debug for ConfigStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStep")
+            .field("hostname", &self.hostname)
+            .field("network_running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first half of provisioning: finds the config (starting the network
+/// first only if a cloud's metadata service must be asked) and applies
+/// what PID 1 owns. `report` and `net_status` are what the API shows.
+/// [`provision_network`] does the rest.
+pub async fn provision_config(
     db: Option<Arc<ModuleDb>>,
     machine_id: &str,
     report: &Arc<Mutex<ConfigReport>>,
     net_status: &Arc<Mutex<NetStatus>>,
     steps: &mut Steps,
-) -> Provisioned {
+) -> ConfigStep {
     let default_host = etc::default_hostname(machine_id);
     let d = db.clone();
     let (mut found, mut tried) = tokio::task::spawn_blocking(move || probe_local(d.as_deref()))
@@ -249,8 +267,26 @@ pub async fn provision(
     }
     *lock(report) = rep;
     steps.done("config: applied");
+    ConfigStep {
+        config,
+        hostname,
+        running,
+    }
+}
 
-    // The network, as the config plans it.
+/// The second half: configures the network as the config plans it and
+/// waits for it (and briefly for the clock). Returns the config in force,
+/// the host name, and the running network manager.
+pub async fn provision_network(
+    step: ConfigStep,
+    net_status: &Arc<Mutex<NetStatus>>,
+    steps: &mut Steps,
+) -> Provisioned {
+    let ConfigStep {
+        config,
+        hostname,
+        running,
+    } = step;
     let plan = net_plan(&config, &hostname);
     let net = match running {
         Some((p, h)) if p == plan => h,

@@ -538,7 +538,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     };
     let db = db.map(Arc::new);
     steps.done("modules");
-    let prov = config::provision(
+    let step = config::provision_config(
         db.clone(),
         &machine_id,
         &config_report,
@@ -546,23 +546,29 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         &mut steps,
     )
     .await;
-    lock(&status).hostname = prov.hostname.clone();
+    lock(&status).hostname = step.hostname.clone();
 
-    // 7b. The config's containers, supervised from here on.
-    let workloads = !prov.config.containers.is_empty() || !prov.config.pods.is_empty();
+    // 7b. The config's containers, supervised from here on: those with no
+    // network and a local image start now, the rest once the network is
+    // configured.
+    let workloads = !step.config.containers.is_empty() || !step.config.pods.is_empty();
     if workloads {
         if let Some(db) = db.clone() {
             let _ = tokio::task::spawn_blocking(move || load_modules(&db, CONTAINER_MODULES)).await;
         }
     }
+    let (network_up, network_rx) = tokio::sync::watch::channel(false);
     let supervisor = std::rc::Rc::new(crate::containers::Supervisor::start(
-        &prov.config,
+        &step.config,
         crate::containers::Paths::default(),
         container_table,
         db.clone(),
+        network_rx,
     ));
     tokio::task::spawn_local(supervisor.clone().serve_actions(actions_rx));
     steps.done("containers started");
+    let prov = config::provision_network(step, &net_status, &mut steps).await;
+    let _ = network_up.send(true);
     // 7c. The update service: answers the API now, runs the agent once the
     // boot is marked good.
     let updates = crate::updates::Updates::new(
