@@ -4,7 +4,9 @@
 //! reboots into it; the trial boot is marked good once the containers are
 //! healthy; a manual rollback through the API brings the old slot back and
 //! keeps the release off; a tampered repository is refused with the slot
-//! left alone.
+//! left alone; a release whose container stays unhealthy on its trial
+//! boots is rolled back by the boot loader once its tries are spent, and
+//! stays on the bad list.
 //!
 //! The release is cut from the same binaries by `image-build disk
 //! --os-version` + `image-build release` ([`qemu_tests::update_repo`]).
@@ -16,7 +18,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atoll_common::api::{Request, Response, UpdateAction, UpdateReport, UpdateStatus};
+use atoll_common::api::{
+    BootMode, ContainerStatus, Request, Response, UpdateAction, UpdateReport, UpdateStatus,
+};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
@@ -280,6 +284,242 @@ fn tampered_metadata_and_payload_are_refused() -> TestResult {
     )?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
+    Ok(())
+}
+
+/// The container of [`unhealthy_trial_boots_roll_back_and_the_release_stays_bad`]:
+/// healthy while `/state/fail` does not exist, on a named volume (on /var,
+/// so the marker outlives reboots and slot changes).
+const GATED_CONTAINER: &str = "gated";
+/// Its health check fails 2 × 2 s after the marker appears.
+const GATED_HEALTH_DEADLINE: Duration = Duration::from_secs(30);
+
+fn gated_config() -> String {
+    format!(
+        r#"
+[update]
+server = "http://{REPO_IP}:{REPO_PORT}"
+strategy = "immediate"
+check_interval = "1m"
+health_deadline = "{}s"
+
+[[containers]]
+name = "{GATED_CONTAINER}"
+image = "localhost/atoll/busybox:latest"
+network = "none"
+volumes = ["gated-state:/state"]
+command = ["/bin/sh", "-c"]
+args = ["trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+healthcheck = {{ command = ["/bin/sh", "-c", "test ! -e /state/fail"], interval = "2s", retries = 2 }}
+"#,
+        GATED_HEALTH_DEADLINE.as_secs()
+    )
+}
+
+fn containers(vm: &Vm) -> Result<Vec<ContainerStatus>, VmError> {
+    for r in vm.api(&Request::Containers)? {
+        if let Response::Containers(c) = r {
+            return Ok(c);
+        }
+    }
+    Err(vm.fail("containers gave no list"))
+}
+
+/// Polls the container list until `name` has the health `health`.
+fn wait_health(vm: &Vm, name: &str, health: &str, timeout: Duration) -> Result<(), VmError> {
+    let until = Instant::now() + timeout;
+    loop {
+        let list = containers(vm)?;
+        let row = list.iter().find(|c| c.name == name);
+        if row.and_then(|c| c.health.as_deref()) == Some(health) {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(vm.fail(format!(
+                "container {name} not {health} within {} s: {row:?}",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `exec` in a container; its exit code.
+fn exec(vm: &Vm, name: &str, args: &[&str]) -> Result<Option<i32>, VmError> {
+    let req = Request::Exec {
+        name: name.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: Some(20_000),
+    };
+    let mut code = None;
+    for r in vm.api(&req)? {
+        match r {
+            Response::ExecExit { code: c, .. } => code = c,
+            Response::Error { message } => {
+                return Err(vm.fail(format!("exec {args:?} in {name}: {message}")))
+            }
+            _ => {}
+        }
+    }
+    Ok(code)
+}
+
+/// How many payload requests the repository has answered.
+fn payload_requests(server: &HttpFileServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.path_only().starts_with("/targets/"))
+        .count()
+}
+
+/// d. Boot assessment: the configured container is made unhealthy (a
+/// marker file on its volume) before the agent installs 0.2.0; each trial
+/// boot of slot B fails its health check and reboots unmarked, GRUB spends
+/// the 3 tries and boots slot A (0.1.0) again. The agent then records
+/// 0.2.0 as rolled back and bad, the API says so (status, history, the
+/// host's slot table), and a check leaves the bad release alone.
+#[test]
+fn unhealthy_trial_boots_roll_back_and_the_release_stays_bad() -> TestResult {
+    let repo = update_repo::next_release()?;
+    let tmp = tempfile::tempdir()?;
+    let server = serve_copy(&repo, tmp.path())?;
+    let vm = Vm::builder("update_unhealthy_trial")
+        .net_user(NetUser::new().guestfwd(REPO_IP, REPO_PORT, server.port()))
+        .fw_cfg_string(FW_CFG_CONFIG, gated_config())
+        .start()?;
+    let first = vm.wait_ready(BOOT_TIMEOUT)?;
+    vm.check(first.slot == Slot::A, || {
+        format!("version 1 should boot from slot A: {:?}", first.line)
+    })?;
+    let v1 = first.version.clone();
+
+    // Healthy until the marker exists; the marker goes in before the
+    // agent's first check (a minute after the boot is marked good).
+    let health_timeout = Duration::from_secs(90);
+    wait_health(&vm, GATED_CONTAINER, "healthy", health_timeout)?;
+    let code = exec(&vm, GATED_CONTAINER, &["touch", "/state/fail"])?;
+    vm.check(code == Some(0), || {
+        format!("touch /state/fail exited with {code:?}")
+    })?;
+    wait_health(&vm, GATED_CONTAINER, "unhealthy", health_timeout)?;
+    vm.check(
+        vm.console_matches("atoll-updater: installing").is_empty(),
+        || "the agent installed before the container was made unhealthy".into(),
+    )?;
+
+    // The agent installs 0.2.0 into B and PID 1 reboots into it; every
+    // trial boot fails its health check and reboots without marking B.
+    vm.wait_for("atoll-updater: installing", UPDATE_TIMEOUT)?;
+    let ready_b = Pattern::regex(&format!(
+        r"atoll: ready version={} slot=B\b",
+        regex::escape(&repo.version)
+    ))?;
+    for left in [2, 1, 0] {
+        let booting = format!("atoll-grub: booting slot B (trial, tries left {left})");
+        vm.wait_for(booting.as_str(), UPDATE_TIMEOUT)?;
+        vm.wait_for(ready_b.clone(), BOOT_TIMEOUT)?;
+        let failed = vm.wait_for(
+            "trial boot of slot B failed its health check",
+            GATED_HEALTH_DEADLINE + BOOT_TIMEOUT,
+        )?;
+        vm.check(
+            failed
+                .line
+                .contains(&format!("unhealthy: {GATED_CONTAINER}")),
+            || {
+                format!(
+                    "the failed trial should name the unhealthy container: {:?}",
+                    failed.line
+                )
+            },
+        )?;
+    }
+    // Tries spent: GRUB boots slot A, still marked good.
+    vm.wait_for("atoll-grub: booting slot A (good)", BOOT_TIMEOUT)?;
+    let back = vm.wait_ready(BOOT_TIMEOUT)?;
+    vm.check(back.slot == Slot::A && back.version == v1, || {
+        format!("the fallback should boot {v1} in slot A: {:?}", back.line)
+    })?;
+    for never in [
+        "trial boot of slot B: containers healthy",
+        "slot B marked good",
+    ] {
+        vm.check(vm.console_matches(never).is_empty(), || {
+            format!("a failed trial boot went on: {never:?} on the console")
+        })?;
+    }
+
+    // The host's slot table: A booted (good), B not good, no tries left.
+    let host = common::settled_status(&vm)?;
+    let b = host.slots.iter().find(|x| x.slot == Slot::B);
+    vm.check(
+        host.booted_slot == Some(Slot::A)
+            && host.boot_mode == BootMode::Good
+            && b.is_some_and(|b| !b.good && b.tries_left == 0),
+        || format!("unexpected boot state after the fallback: {host:?}"),
+    )?;
+
+    // The agent settles the install at its start: rolled back, bad.
+    let s = wait_update_status(&vm, "the rollback recorded", CHECK_TIMEOUT, |s| {
+        s.current.slot == Slot::A && s.bad.contains_key(&repo.version)
+    })?;
+    let reason = s.bad.get(&repo.version).map(|b| b.reason.clone());
+    vm.check(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("came back on slot A")),
+        || format!("the bad release's reason should say what happened: {reason:?}"),
+    )?;
+    vm.check(
+        s.current.version.as_deref() == Some(v1.as_str())
+            && s.next_boot == Slot::A
+            && !s.other.good
+            && s.other.tries == 0
+            && s.pending.is_none(),
+        || format!("unexpected update status after the fallback: {s:?}"),
+    )?;
+    let h = update(&vm, UpdateAction::History)?;
+    let h = h
+        .status
+        .ok_or_else(|| vm.fail("no status with the history"))?;
+    for text in [
+        format!("installed {}", repo.version),
+        format!("{} rolled back", repo.version),
+    ] {
+        vm.check(history_has(&h, &text), || {
+            format!("the history should say {text:?}: {:?}", h.history)
+        })?;
+    }
+
+    // A check finds 0.2.0 again and leaves it alone: nothing fetched,
+    // nothing offered, no reboot.
+    let fetched = payload_requests(&server);
+    let r = update(&vm, UpdateAction::Check)?;
+    vm.check(r.outcome == "up to date", || {
+        format!("a check after the rollback should find nothing to take: {r:?}")
+    })?;
+    let s = r
+        .status
+        .ok_or_else(|| vm.fail("no status after the check"))?;
+    vm.check(
+        s.last_check.is_some()
+            && s.last_error.is_none()
+            && s.pending.is_none()
+            && s.download.is_none()
+            && s.next_boot == Slot::A
+            && s.bad.contains_key(&repo.version),
+        || format!("the agent took the bad release again: {s:?}"),
+    )?;
+    vm.check(payload_requests(&server) == fetched, || {
+        "the bad release's payload was fetched again".into()
+    })?;
+    vm.poweroff()?;
+    vm.wait_exit(SHUTDOWN_TIMEOUT)?;
+    vm.check(
+        vm.console_matches("atoll-updater: installing").len() == 1,
+        || "the agent installed the bad release again".into(),
+    )?;
     Ok(())
 }
 
