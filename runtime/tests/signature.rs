@@ -5,11 +5,12 @@
 //! and `atoll-runtime verify` run as PID 1 runs it. Skips with a printed
 //! reason when docker-registry or skopeo is missing.
 
+#[path = "common/registry.rs"]
+mod test_registry;
+
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use atoll_runtime::digest::Digest;
 use atoll_runtime::manifest::{
@@ -20,8 +21,8 @@ use atoll_runtime::signature::{
 };
 use atoll_runtime::store::Store;
 use ed25519_dalek::{Signer, SigningKey};
+use test_registry::{TestRegistry, REGISTRY_BIN};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const BUSYBOX: &str = "/bin/busybox";
 const RUNTIME: &str = env!("CARGO_BIN_EXE_atoll-runtime");
 
@@ -35,81 +36,6 @@ fn skip_reason() -> Option<String> {
         return Some("skopeo is not installed (apt-get install skopeo)".to_string());
     }
     None
-}
-
-/// A `docker-registry` on a free loopback port, storing in a temp dir.
-struct TestRegistry {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl TestRegistry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
-        let log = fs::File::create(dir.path().join("log")).expect("registry log");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let registry = Self {
-            child: Some(child),
-            dir,
-            port,
-        };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return registry;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "docker-registry did not listen on port {port} within 10 s; its log:\n{}",
-            fs::read_to_string(registry.dir.path().join("log")).unwrap_or_default()
-        );
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        assert!(
-            TcpStream::connect(("127.0.0.1", self.port)).is_err(),
-            "the registry still answers"
-        );
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn skopeo_push(layout: &Path, name: &str, destination: &str) {
@@ -241,7 +167,7 @@ fn signed_images_verify_from_the_registry_then_from_the_store() {
         eprintln!("skipped: {reason}");
         return;
     }
-    let mut registry = TestRegistry::start();
+    let mut registry = TestRegistry::start("");
     let dir = tempfile::tempdir().expect("tempdir");
     let layouts = dir.path().join("layouts");
     let host_store: PathBuf = dir.path().join("store");

@@ -17,11 +17,14 @@
 
 #![cfg(feature = "pull")]
 
+#[path = "common/registry.rs"]
+mod test_registry;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,8 +37,8 @@ use atoll_runtime::reference::Reference;
 use atoll_runtime::registry::{self, RegistryError};
 use atoll_runtime::store::Store;
 use reqwest::Url;
+use test_registry::{TestRegistry, REGISTRY_BIN};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// The registry's `service` (the tokens' audience) and the tokens' issuer.
 const SERVICE: &str = "atoll-test-registry";
 const ISSUER: &str = "atoll-test-token-issuer";
@@ -293,76 +296,18 @@ fn answer(issuer: &Issuer, request: &Seen, refuse_anonymous: bool, mut conn: Tcp
     );
 }
 
-/// A `docker-registry` on a free loopback port with token auth.
-struct TestRegistry {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
+/// A `docker-registry` with token auth: tokens from `realm`, signed by
+/// the key of `cert`.
+fn start_registry(realm: &str, cert: &Path) -> TestRegistry {
+    TestRegistry::start(&format!(
+        "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n\
+         \x20   rootcertbundle: {}\n",
+        cert.display()
+    ))
 }
 
-impl TestRegistry {
-    fn start(realm: &str, cert: &Path) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n\
-                 auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n\
-                 \x20   rootcertbundle: {}\n",
-                dir.path().join("data").display(),
-                cert.display()
-            ),
-        )
-        .expect("registry config");
-        let log = fs::File::create(dir.path().join("log")).expect("registry log");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let registry = Self { child, dir, port };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return registry;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "docker-registry did not listen on port {port} within 10 s; its log:\n{}",
-            registry.log()
-        );
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.host())
-    }
-
-    fn log(&self) -> String {
-        let mut s = String::new();
-        let _ =
-            fs::File::open(self.dir.path().join("log")).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn base(registry: &TestRegistry) -> String {
+    format!("http://{}", registry.host())
 }
 
 /// A one-layer image: its layer tar, config and manifest.
@@ -492,7 +437,7 @@ fn pull_from_a_token_auth_registry() {
     let keys = tempfile::tempdir().expect("tempdir");
     let issuer = Arc::new(Issuer::new(keys.path()));
     let tokens = TokenServer::start(issuer.clone());
-    let registry = TestRegistry::start(&tokens.realm(), &issuer.cert);
+    let registry = start_registry(&tokens.realm(), &issuer.cert);
     let image = TestImage::new();
     let name = format!("{}/{REPO}:v1", registry.host());
     let reference = Reference::parse(&name).expect("reference");
@@ -506,7 +451,7 @@ fn pull_from_a_token_auth_registry() {
         // The registry really wants a token: a bare request gets the
         // challenge that names the token server.
         let r = http
-            .get(format!("{}/v2/{REPO}/manifests/v1", registry.base()))
+            .get(format!("{}/v2/{REPO}/manifests/v1", base(&registry)))
             .send()
             .await
             .expect("GET manifest");
@@ -523,7 +468,7 @@ fn pull_from_a_token_auth_registry() {
             serde_json::json!([{"type": "repository", "name": REPO, "actions": ["pull"]}]),
         );
         let r = http
-            .get(format!("{}/v2/{REPO}/manifests/v1", registry.base()))
+            .get(format!("{}/v2/{REPO}/manifests/v1", base(&registry)))
             .bearer_auth(forged)
             .send()
             .await
@@ -541,7 +486,7 @@ fn pull_from_a_token_auth_registry() {
         let answer: serde_json::Value =
             serde_json::from_slice(&r.bytes().await.expect("token answer")).expect("token JSON");
         let token = answer["token"].as_str().expect("token").to_owned();
-        image.push(&http, &registry.base(), &token, "v1").await;
+        image.push(&http, &base(&registry), &token, "v1").await;
     });
     tokens.forget();
 
