@@ -687,6 +687,8 @@ impl Task {
             self.state(ContainerState::Pulling, "");
             match self.get_image().await {
                 Ok(()) => break,
+                // Given up waiting for the network to pull: not an error.
+                Err(_) if self.shutting_down() => return self.final_state(),
                 Err(e) => {
                     let d = backoff.after_run(Duration::ZERO);
                     log::error!("container {}: {e}; trying again in {d:?}", self.name());
