@@ -6,8 +6,9 @@
 //! version V (os-release, so the agent and the ready line see V after the
 //! update), and `image-build release --keys target/atoll/keys` signs it with
 //! the development keys the base image trusts. Both are slow, so the
-//! result is kept in `target/atoll/test-update/` and reused while the base
-//! image's build.json is unchanged. Each test serves its own copy
+//! result is kept in `test-update/` next to the base image
+//! (`target/atoll/test-update/`) and reused while the base image's
+//! build.json is unchanged. Each test serves its own copy
 //! ([`UpdateRepo::copy_to`]) so that it can tamper with it.
 
 use std::path::{Path, PathBuf};
@@ -86,7 +87,11 @@ fn build() -> Result<UpdateRepo, RepoError> {
     let base = disk::base_image()?;
     let base_json = base.with_file_name("build.json");
     let stamp = std::fs::read(&base_json).map_err(io(base_json.display().to_string()))?;
-    let dir = root.join("target/atoll/test-update");
+    // Next to the base image, so that work on two images never shares it.
+    let dir = base
+        .parent()
+        .map_or_else(|| root.join("target/atoll"), Path::to_path_buf)
+        .join("test-update");
     let repo = dir.join("repo");
     let stamp_file = dir.join("built-from.json");
     if repo.is_dir() && std::fs::read(&stamp_file).ok().as_deref() == Some(&stamp[..]) {
