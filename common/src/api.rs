@@ -69,6 +69,21 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Run a command in a running container with its stdin connected to
+    /// the client, and with `tty` on a terminal of its own (`atollctl exec
+    /// -it`). After this line the client sends [`ExecInput`] lines (input,
+    /// window size, end of input); the answer is as for [`Request::Exec`]
+    /// (with a terminal, all output comes as `stdout`). There is no time
+    /// limit: the command is killed when the client hangs up.
+    ExecInteractive {
+        name: String,
+        args: Vec<String>,
+        #[serde(default)]
+        tty: bool,
+        /// The terminal's size at the start (with `tty`).
+        #[serde(default)]
+        size: Option<TermSize>,
+    },
     /// The update agent: its status, or an action (docs/updates.md). The
     /// answer: [`Response::Update`] (or [`Response::Error`]).
     Update { action: UpdateAction },
@@ -82,6 +97,27 @@ pub enum Request {
     RemoveImage { image: String },
     /// Remove blobs and unpacked layers no image names.
     Prune,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What the client of a [`Request::ExecInteractive`] sends after it, one
+/// JSON line each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "kebab-case")]
+pub enum ExecInput {
+    /// Bytes for the command's stdin (text: the client's input as UTF-8).
+    Data { data: String },
+    /// The client's terminal changed size.
+    Resize(TermSize),
+    /// End of input: the command's stdin is closed (without a terminal),
+    /// or gets the terminal's end-of-file character (with one).
+    Eof,
 }
 
 /// One image in the store, as `atollctl images` shows it.
@@ -485,6 +521,43 @@ mod tests {
                 action: UpdateAction::Rollback
             }
         );
+    }
+
+    #[test]
+    fn interactive_exec_wire_format() {
+        let r: Request = serde_json::from_str(
+            r#"{"method":"exec-interactive","name":"web","args":["sh"],"tty":true,"size":{"rows":24,"cols":80}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::ExecInteractive {
+                name: "web".into(),
+                args: vec!["sh".into()],
+                tty: true,
+                size: Some(TermSize { rows: 24, cols: 80 }),
+            }
+        );
+        for (line, input) in [
+            (
+                r#"{"input":"data","data":"ls\n"}"#,
+                ExecInput::Data {
+                    data: "ls\n".into(),
+                },
+            ),
+            (
+                r#"{"input":"resize","rows":50,"cols":132}"#,
+                ExecInput::Resize(TermSize {
+                    rows: 50,
+                    cols: 132,
+                }),
+            ),
+            (r#"{"input":"eof"}"#, ExecInput::Eof),
+        ] {
+            assert_eq!(serde_json::from_str::<ExecInput>(line).unwrap(), input);
+            assert_eq!(serde_json::to_string(&input).unwrap(), line);
+        }
+        assert!(serde_json::from_str::<ExecInput>(r#"{"input":"resize","rows":1}"#).is_err());
     }
 
     #[test]

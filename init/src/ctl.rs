@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+mod interactive;
+
 use atoll_common::api::{
     ConfigReport, ConnectReport, ContainerAction, ContainerStatus, ImageInfo, LogRecord, NetStatus,
     Request, Response, Status, UpdateAction, UpdateReport, UpdateSlot,
@@ -53,6 +55,8 @@ pub enum CtlError {
     Unexpected(String),
     #[error("the host says: {0}")]
     Host(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CtlError {
@@ -63,6 +67,7 @@ impl CtlError {
             | CtlError::Permission { .. }
             | CtlError::Connect { .. } => exit::UNREACHABLE,
             CtlError::Host(_) => exit::HOST_ERROR,
+            CtlError::Usage(_) => exit::USAGE,
             CtlError::Io(_) | CtlError::Truncated | CtlError::Unexpected(_) => exit::PROTOCOL,
         }
     }
@@ -123,6 +128,16 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Sends `req` and leaves the answer to the caller: the connection's
+    /// two halves (read, write).
+    pub fn send(self, req: &Request) -> Result<(BufReader<UnixStream>, UnixStream), CtlError> {
+        let mut writer = self.writer;
+        let mut line = serde_json::to_vec(req).map_err(|e| CtlError::Unexpected(e.to_string()))?;
+        line.push(b'\n');
+        writer.write_all(&line).map_err(CtlError::Io)?;
+        Ok((self.reader, writer))
     }
 
     pub fn status(&mut self) -> Result<Status, CtlError> {
@@ -350,6 +365,13 @@ pub enum Command {
         name: String,
         args: Vec<String>,
         timeout_ms: Option<u64>,
+    },
+    /// Run a command in a container with this program's stdin, on a
+    /// terminal of its own with `tty` (`exec -i`, `exec -it`).
+    ExecInteractive {
+        name: String,
+        args: Vec<String>,
+        tty: bool,
     },
     /// `stop`, `start`, `restart` of a config container.
     Update {
@@ -755,6 +777,9 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
                 Some((Some(code), false)) => Ok(code.clamp(0, 255)),
                 _ => Err(CtlError::Unexpected("no exit status in the answer".into())),
             };
+        }
+        Command::ExecInteractive { name, args, tty } => {
+            return interactive::exec(client, name, args, tty);
         }
         Command::Container { name, action } => {
             let req = Request::ContainerAction {

@@ -24,3 +24,4 @@ pub mod superblock;
 pub mod switch_root;
 pub mod sysblock;
 pub mod updates;
+pub mod utf8;

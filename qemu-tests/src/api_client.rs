@@ -113,6 +113,81 @@ pub fn request(
     }
 }
 
+/// A conversation longer than one request and its answer: an interactive
+/// exec, where the client sends input lines while the answer comes.
+#[derive(Debug)]
+pub struct Session {
+    what: String,
+    reader: LineReader,
+    received: usize,
+}
+
+impl Session {
+    /// Connects (retrying until `timeout`) and sends `request`.
+    pub fn open(socket: &Path, request: &Request, timeout: Duration) -> Result<Self, ApiError> {
+        let what = serde_json::to_string(request).map_err(ApiError::Encode)?;
+        let stream = connect(socket, Instant::now() + timeout)?;
+        let mut s = Session {
+            what: what.clone(),
+            reader: LineReader::new(stream, MAX_LINE),
+            received: 0,
+        };
+        s.write_line(&what, socket)?;
+        Ok(s)
+    }
+
+    fn write_line(&mut self, line: &str, socket: &Path) -> Result<(), ApiError> {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.reader
+            .stream()
+            .write_all(&bytes)
+            .map_err(|source| ApiError::Write {
+                request: self.what.clone(),
+                path: socket.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Sends one more line (e.g. an `ExecInput`) as JSON.
+    pub fn send(&mut self, value: &impl serde::Serialize) -> Result<(), ApiError> {
+        let line = serde_json::to_string(value).map_err(ApiError::Encode)?;
+        self.write_line(&line, Path::new("the API socket"))
+    }
+
+    /// The next response, waiting until `deadline`.
+    pub fn next(&mut self, deadline: Instant) -> Result<Response, ApiError> {
+        loop {
+            let line = self
+                .reader
+                .read_line(deadline)
+                .map_err(|source| ApiError::Read {
+                    request: self.what.clone(),
+                    received: self.received,
+                    source,
+                })?
+                .ok_or_else(|| ApiError::Closed {
+                    request: self.what.clone(),
+                    received: self.received,
+                })?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            self.received += 1;
+            return serde_json::from_slice(&line).map_err(|source| ApiError::Response {
+                request: self.what.clone(),
+                line: String::from_utf8_lossy(&line).into_owned(),
+                source,
+            });
+        }
+    }
+
+    /// Hangs up.
+    pub fn close(self) {
+        let _ = self.reader.into_stream().shutdown(std::net::Shutdown::Both);
+    }
+}
+
 fn connect(socket: &Path, deadline: Instant) -> Result<UnixStream, ApiError> {
     connect_retrying(socket, deadline, Duration::from_millis(100)).map_err(|source| {
         ApiError::Connect {

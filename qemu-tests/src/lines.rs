@@ -81,6 +81,10 @@ impl LineReader {
     pub fn stream(&mut self) -> &mut UnixStream {
         &mut self.stream
     }
+
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
 }
 
 /// Connects to a unix socket that QEMU creates (or starts listening on)

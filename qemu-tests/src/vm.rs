@@ -1058,6 +1058,24 @@ impl Vm {
         self.wait_exit(Duration::from_secs(10))
     }
 
+    /// Cuts the power: SIGKILL to QEMU at once, with no shutdown of any
+    /// kind (what the guest had not written to its disk is lost; what
+    /// QEMU had written to the disk file stays, as on a real disk), then
+    /// waits for it to be gone. The disk file can be booted again by a new
+    /// [`Vm`] ([`VmBuilder::disk_file`]).
+    pub fn kill(&self) -> Result<ExitStatus, VmError> {
+        if self.exited().is_none() {
+            let _ = self.lock_child().kill();
+        }
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// The host side of the guest's API port (a unix socket), for a
+    /// conversation longer than one request ([`api_client::Session`]).
+    pub fn api_socket(&self) -> &Path {
+        &self.paths.api
+    }
+
     /// Sends one request to the host API and returns every response (the
     /// final `done`/`error` included).
     pub fn api(&self, request: &Request) -> Result<Vec<Response>, VmError> {

@@ -4,7 +4,8 @@
 //! tag and by digest; a web server on the bridge reached from the host on
 //! its published port; limits (memory, pids), capabilities and seccomp seen
 //! from inside; a crash loop restarted with backoff; a pod whose
-//! containers talk over localhost after its init container; exec, logs,
+//! containers talk over localhost after its init container; exec (also
+//! interactive, on a terminal), logs,
 //! stop/start; every container stopped cleanly at power-off.
 
 mod common;
@@ -15,9 +16,11 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{
-    ContainerAction, ContainerState, ContainerStatus, ImageInfo, LogRecord, Request, Response,
+    ContainerAction, ContainerState, ContainerStatus, ExecInput, ImageInfo, LogRecord, Request,
+    Response, TermSize,
 };
 use atoll_common::layout::FW_CFG_CONFIG;
+use qemu_tests::api_client::Session;
 use qemu_tests::registry::{busybox_image, Registry};
 use qemu_tests::vm::{Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
@@ -79,6 +82,153 @@ fn exec(vm: &Vm, name: &str, args: &[&str]) -> Result<(String, Option<i32>), VmE
         }
     }
     Ok((out, code))
+}
+
+/// An interactive exec's conversation: what came out so far, the exit.
+struct Conversation {
+    session: Session,
+    out: String,
+    exit: Option<Option<i32>>,
+}
+
+impl Conversation {
+    fn open(vm: &Vm, args: &[&str], tty: bool) -> Result<Self, Box<dyn Error>> {
+        let req = Request::ExecInteractive {
+            name: "hello".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            tty,
+            size: tty.then_some(TermSize { rows: 24, cols: 80 }),
+        };
+        Ok(Conversation {
+            session: Session::open(vm.api_socket(), &req, Duration::from_secs(10))?,
+            out: String::new(),
+            exit: None,
+        })
+    }
+
+    /// Reads the rest of the answer (its `done`) and hangs up. (Over the
+    /// virtio port, what is left unread would reach the next client.)
+    fn finish(mut self, vm: &Vm) -> Result<(), Box<dyn Error>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.session.next(deadline) {
+                Ok(Response::Done) => break,
+                Ok(Response::Error { message }) => return Err(vm.fail(message).into()),
+                Ok(_) => {}
+                Err(e) => return Err(vm.fail(format!("no done after the exit: {e}")).into()),
+            }
+        }
+        self.session.close();
+        Ok(())
+    }
+
+    fn send(&mut self, input: ExecInput) -> Result<(), Box<dyn Error>> {
+        Ok(self.session.send(&input)?)
+    }
+
+    /// Reads the answer until `done(out, exit)` holds; an error answer
+    /// or 30 s without it fails.
+    fn until(
+        &mut self,
+        vm: &Vm,
+        what: &str,
+        done: impl Fn(&str, Option<Option<i32>>) -> bool,
+    ) -> Result<(), Box<dyn Error>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(&self.out, self.exit) {
+            match self.session.next(deadline) {
+                Ok(Response::ExecOutput { data, .. }) => self.out.push_str(&data),
+                Ok(Response::ExecExit { code, .. }) => self.exit = Some(code),
+                Ok(Response::Error { message }) => {
+                    return Err(vm.fail(format!("{what}: {message}")).into())
+                }
+                Ok(Response::Done) if !done(&self.out, self.exit) => {
+                    return Err(vm
+                        .fail(format!("{what}: the exec ended first: {:?}", self.out))
+                        .into())
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(vm
+                        .fail(format!("{what}: {e}; output so far {:?}", self.out))
+                        .into())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `exec -i` (stdin piped to `cat`, then end of input) and `exec -it` (a
+/// shell on a terminal: its size, a resize, line discipline, the exit
+/// code); a client that hangs up takes its command with it.
+fn interactive_exec(vm: &Vm) -> Result<(), Box<dyn Error>> {
+    let mut c = Conversation::open(vm, &["sh", "-c", "cat; echo end-of-input"], false)?;
+    c.send(ExecInput::Data {
+        data: "line one\nline two\n".into(),
+    })?;
+    c.send(ExecInput::Eof)?;
+    c.until(vm, "exec -i with cat", |_, exit| exit.is_some())?;
+    vm.check(
+        c.out == "line one\nline two\nend-of-input\n" && c.exit == Some(Some(0)),
+        || format!("exec -i: {:?} exit {:?}", c.out, c.exit),
+    )?;
+    c.finish(vm)?;
+
+    let mut t = Conversation::open(vm, &["/bin/sh"], true)?;
+    t.send(ExecInput::Data {
+        data: "stty size; test -t 0 && echo term-$((6*7))\n".into(),
+    })?;
+    // \r\n: the terminal's line discipline turned the newline around.
+    t.until(vm, "exec -it: a shell on a terminal", |out, _| {
+        out.contains("term-42\r\n")
+    })?;
+    vm.check(t.out.contains("24 80\r\n"), || {
+        format!(
+            "exec -it: the terminal's size is not the client's: {:?}",
+            t.out
+        )
+    })?;
+    t.send(ExecInput::Resize(TermSize {
+        rows: 50,
+        cols: 132,
+    }))?;
+    t.send(ExecInput::Data {
+        data: "stty size\n".into(),
+    })?;
+    t.until(vm, "exec -it: the resize", |out, _| {
+        out.contains("50 132\r\n")
+    })?;
+    t.send(ExecInput::Data {
+        data: "exit 3\n".into(),
+    })?;
+    t.until(vm, "exec -it: exit", |_, exit| exit.is_some())?;
+    vm.check(t.exit == Some(Some(3)), || {
+        format!("exec -it: exit code {:?}", t.exit)
+    })?;
+    t.finish(vm)?;
+
+    // A client that goes away: its command is killed.
+    let mut h = Conversation::open(vm, &["/bin/sh"], true)?;
+    h.send(ExecInput::Data {
+        data: "echo started; sleep 1234\n".into(),
+    })?;
+    h.until(vm, "exec -it: sleep", |out, _| out.contains("started\r\n"))?;
+    h.session.close();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ps, _) = exec(vm, "hello", &["ps"])?;
+        if !ps.contains("sleep 1234") {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(vm
+                .fail(format!("the hung-up exec's command still runs:\n{ps}"))
+                .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
 }
 
 fn action(vm: &Vm, name: &str, action: ContainerAction) -> Result<(), VmError> {
@@ -184,6 +334,7 @@ fn default_config_runs_hello_with_docker_isolation() -> TestResult {
     })?;
     let (_, code) = exec(&vm, "hello", &["sh", "-c", "exit 7"])?;
     vm.check(code == Some(7), || format!("exec's exit code: {code:?}"))?;
+    interactive_exec(&vm)?;
 
     // stop, start, restart.
     action(&vm, "hello", ContainerAction::Stop)?;

@@ -73,12 +73,20 @@ enum Cmd {
         json: bool,
     },
     /// Run a command in a running container (`NAME` or `POD/NAME`) with its
-    /// environment, user and privileges; no stdin, no terminal. Exits with
-    /// the command's exit status.
+    /// environment, user and privileges. Without -i its stdin is /dev/null
+    /// and it is killed after --timeout; with -i it reads this program's
+    /// stdin (-t: on a terminal of its own) and runs until it exits or
+    /// this program is interrupted. Exits with the command's exit status.
     Exec {
-        /// Kill the command after this many seconds.
-        #[arg(long, default_value_t = 60)]
+        /// Kill the command after this many seconds (not with -i).
+        #[arg(long, default_value_t = 60, conflicts_with = "interactive")]
         timeout: u64,
+        /// Connect stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (needs -i and a terminal on stdin).
+        #[arg(short, long, requires = "interactive")]
+        tty: bool,
         name: String,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
@@ -200,9 +208,21 @@ fn main() -> ExitCode {
         },
         Cmd::Ps { json } => Command::Ps { json },
         Cmd::Exec {
+            interactive: true,
+            tty,
+            name,
+            command,
+            ..
+        } => Command::ExecInteractive {
+            name,
+            args: command,
+            tty,
+        },
+        Cmd::Exec {
             timeout,
             name,
             command,
+            ..
         } => Command::Exec {
             name,
             args: command,

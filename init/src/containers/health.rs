@@ -29,7 +29,7 @@ pub async fn watch(
         tokio::time::sleep(wait).await;
         let started = Instant::now();
         let mut output = String::new();
-        let end = exec::run(&target, args.clone(), cfg.timeout, |_, text| {
+        let end = exec::run(&target, args.clone(), Some(cfg.timeout), None, |_, text| {
             if output.len() < MAX_OUTPUT {
                 output.push_str(&text);
             }

@@ -70,7 +70,10 @@ pub enum ActionRequest {
     Exec {
         name: String,
         args: Vec<String>,
-        timeout: Duration,
+        /// `None`: no limit (interactive).
+        timeout: Option<Duration>,
+        /// The client's stdin (and terminal), when interactive.
+        io: Option<exec::ExecIo>,
         reply: mpsc::UnboundedSender<atoll_common::api::Response>,
     },
     /// `images`, `pull`, `rmi`, `prune`: answered with one response.
@@ -399,6 +402,7 @@ impl Supervisor {
                     name,
                     args,
                     timeout,
+                    io,
                     reply,
                 } => {
                     let id = name.replacen('/', ".", 1);
@@ -413,10 +417,15 @@ impl Supervisor {
                         let _ = reply.send(Response::Error { message });
                         continue;
                     };
-                    log::info!("container {name}: exec {args:?}");
+                    let how = match &io {
+                        Some(io) if io.tty => " (interactive, with a terminal)",
+                        Some(_) => " (interactive)",
+                        None => "",
+                    };
+                    log::info!("container {name}: exec {args:?}{how}");
                     tokio::task::spawn_local(async move {
                         let out = reply.clone();
-                        let end = exec::run(&target, args, timeout, |stream, data| {
+                        let end = exec::run(&target, args, timeout, io, |stream, data| {
                             let _ = out.send(Response::ExecOutput {
                                 stream: stream.to_string(),
                                 data,

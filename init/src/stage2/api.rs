@@ -119,6 +119,152 @@ async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Line {
     }
 }
 
+/// The terms of an interactive exec.
+struct Interactive<'a> {
+    tty: bool,
+    size: Option<atoll_common::api::TermSize>,
+    /// Where a request line read in place of input goes (see [`read_input`]).
+    next: &'a mut Option<String>,
+}
+
+/// Runs `args` in container `name` for an `exec` (with `timeout`) or an
+/// interactive exec, sending the output and the exit; an interactive one
+/// reads the client's input lines meanwhile. False when the session is
+/// over.
+#[allow(clippy::too_many_arguments)]
+async fn exec<R, W>(
+    reader: &mut BufReader<R>,
+    writer: &mut W,
+    ctx: &ApiContext,
+    name: String,
+    args: Vec<String>,
+    timeout: Option<Duration>,
+    interactive: Option<Interactive<'_>>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (input_task, io, mut next) = match interactive {
+        Some(Interactive { tty, size, next }) => {
+            let (input_tx, input) = mpsc::unbounded_channel();
+            let io = crate::containers::exec::ExecIo { tty, size, input };
+            (Some(input_tx), Some(io), Some(next))
+        }
+        None => (None, None, None),
+    };
+    let req = crate::containers::ActionRequest::Exec {
+        name,
+        args,
+        timeout,
+        io,
+        reply: tx,
+    };
+    if ctx.container_actions.send(req).is_err() {
+        send(
+            writer,
+            &Response::Error {
+                message: "the container supervisor is not running yet".into(),
+            },
+        )
+        .await
+    } else {
+        let mut ok = true;
+        let mut error = false;
+        let mut input = input_task;
+        let mut pending = Vec::new();
+        loop {
+            let r = tokio::select! {
+                r = rx.recv() => r,
+                // The client's input, one line each; its
+                // hanging up ends the input (and the command).
+                got = read_input(reader, &mut pending, &mut input), if input.is_some() => {
+                    // The command is killed when its input ends so; its
+                    // answers are nobody's any more.
+                    match got {
+                        Input::More => continue,
+                        Input::HungUp => return false,
+                        // Over the virtio port, a new client's first line
+                        // is how the old one's leaving shows: serve it next.
+                        Input::Request(line) => {
+                            if let Some(next) = next.as_deref_mut() {
+                                *next = Some(line);
+                            }
+                            return true;
+                        }
+                    }
+                }
+            };
+            let Some(r) = r else { break };
+            error = matches!(r, Response::Error { .. });
+            let last = error || matches!(r, Response::ExecExit { .. });
+            ok = send(writer, &r).await;
+            if !ok || last {
+                break;
+            }
+        }
+        // An error answer ends the request by itself.
+        ok && (error || send(writer, &Response::Done).await)
+    }
+}
+
+/// What came from the client of an interactive exec.
+enum Input {
+    /// Input, handed on.
+    More,
+    /// The client hung up, or sent something that is neither input nor a
+    /// request.
+    HungUp,
+    /// A request line: a new client (the old one left without a word, as
+    /// on the virtio port, where hanging up is not seen).
+    Request(String),
+}
+
+/// Reads one [`ExecInput`] line from the client of an interactive exec
+/// and hands it on. Anything but input ends the input (`input` dropped,
+/// so the command is killed). Cancel safe: a line read in part stays in
+/// `pending` for the next call.
+async fn read_input<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    pending: &mut Vec<u8>,
+    input: &mut Option<mpsc::UnboundedSender<atoll_common::api::ExecInput>>,
+) -> Input {
+    let room = (MAX_REQUEST_BYTES + 1).saturating_sub(pending.len()) as u64;
+    let ended = match (&mut *reader).take(room).read_until(b'\n', pending).await {
+        Ok(0) | Err(_) => true,
+        Ok(_) => pending.len() > MAX_REQUEST_BYTES || !pending.ends_with(b"\n"),
+    };
+    if ended {
+        *input = None;
+        return Input::HungUp;
+    }
+    let line = std::mem::take(pending);
+    if line.trim_ascii().is_empty() {
+        return Input::More;
+    }
+    match serde_json::from_slice(&line) {
+        Ok(msg) => {
+            if let Some(tx) = input.as_ref() {
+                let _ = tx.send(msg);
+            }
+            Input::More
+        }
+        Err(e) => {
+            *input = None;
+            if serde_json::from_slice::<Request>(&line).is_ok() {
+                log::info!("interactive exec: its client left; the command is killed");
+                Input::Request(String::from_utf8_lossy(&line).into_owned())
+            } else {
+                log::warn!(
+                    "interactive exec: input that is not input ({e}); the command is killed"
+                );
+                Input::HungUp
+            }
+        }
+    }
+}
+
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, resp: &Response) -> bool {
     let mut line = match serde_json::to_vec(resp) {
         Ok(l) => l,
@@ -142,8 +288,14 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut reader = BufReader::new(reader);
+    // A request that arrived while an interactive exec read its input.
+    let mut next: Option<String> = None;
     loop {
-        let line = match read_line(&mut reader).await {
+        let line = match next.take() {
+            Some(l) => Line::Request(l),
+            None => read_line(&mut reader).await,
+        };
+        let line = match line {
             Line::Request(l) => l,
             Line::Eof => return,
             Line::TooLong => {
@@ -217,37 +369,40 @@ where
                 args,
                 timeout_ms,
             } => {
-                let (tx, mut rx) = mpsc::unbounded_channel();
-                let req = crate::containers::ActionRequest::Exec {
+                let timeout =
+                    Duration::from_millis(timeout_ms.unwrap_or(60_000).clamp(1, 86_400_000));
+                exec(
+                    &mut reader,
+                    &mut writer,
+                    ctx,
                     name,
                     args,
-                    timeout: Duration::from_millis(
-                        timeout_ms.unwrap_or(60_000).clamp(1, 86_400_000),
-                    ),
-                    reply: tx,
+                    Some(timeout),
+                    None,
+                )
+                .await
+            }
+            Request::ExecInteractive {
+                name,
+                args,
+                tty,
+                size,
+            } => {
+                let interactive = Interactive {
+                    tty,
+                    size,
+                    next: &mut next,
                 };
-                if ctx.container_actions.send(req).is_err() {
-                    send(
-                        &mut writer,
-                        &Response::Error {
-                            message: "the container supervisor is not running yet".into(),
-                        },
-                    )
-                    .await
-                } else {
-                    let mut ok = true;
-                    let mut error = false;
-                    while let Some(r) = rx.recv().await {
-                        error = matches!(r, Response::Error { .. });
-                        let last = error || matches!(r, Response::ExecExit { .. });
-                        ok = send(&mut writer, &r).await;
-                        if !ok || last {
-                            break;
-                        }
-                    }
-                    // An error answer ends the request by itself.
-                    ok && (error || send(&mut writer, &Response::Done).await)
-                }
+                exec(
+                    &mut reader,
+                    &mut writer,
+                    ctx,
+                    name,
+                    args,
+                    None,
+                    Some(interactive),
+                )
+                .await
             }
             Request::ContainerAction { name, action } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -502,6 +657,58 @@ mod tests {
     };
     use atoll_common::layout;
     use tokio::net::UnixStream;
+
+    #[test]
+    fn interactive_input_is_handed_on_until_a_new_client_or_a_hang_up() {
+        use atoll_common::api::ExecInput;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let wire = concat!(
+                "{\"input\":\"data\",\"data\":\"ls\\n\"}\n",
+                "\n",
+                "{\"method\":\"status\"}\n",
+            );
+            let mut reader = BufReader::new(wire.as_bytes());
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let mut input = Some(tx);
+            let mut pending = Vec::new();
+            assert!(matches!(
+                read_input(&mut reader, &mut pending, &mut input).await,
+                Input::More
+            ));
+            assert_eq!(
+                rx.recv().await,
+                Some(ExecInput::Data {
+                    data: "ls\n".into()
+                })
+            );
+            assert!(matches!(
+                read_input(&mut reader, &mut pending, &mut input).await,
+                Input::More
+            ));
+            // A request: the old client left, the line is the new one's.
+            match read_input(&mut reader, &mut pending, &mut input).await {
+                Input::Request(l) => assert_eq!(l, "{\"method\":\"status\"}\n"),
+                _ => panic!("the request was not handed back"),
+            }
+            assert!(input.is_none(), "the input must end with the old client");
+
+            // Garbage, and a line cut off by the hang-up, end the input.
+            for wire in ["not json\n", "{\"input\":\"eo"] {
+                let (tx, _rx) = mpsc::unbounded_channel();
+                let mut input = Some(tx);
+                let mut reader = BufReader::new(wire.as_bytes());
+                assert!(matches!(
+                    read_input(&mut reader, &mut Vec::new(), &mut input).await,
+                    Input::HungUp
+                ));
+                assert!(input.is_none());
+            }
+        });
+    }
 
     pub(crate) fn sample_status() -> Status {
         Status {
