@@ -15,6 +15,13 @@
 //! its length is enforced by the installer, which reads at most one byte
 //! past the listed length and refuses that byte. No content coding is
 //! asked for or decoded, so byte offsets are those of the file.
+//!
+//! The end of a payload response is the end of the file (the installer
+//! refuses a file that ends short of its signed length), so a transfer cut
+//! before the end the server announced (`Content-Length`, or the last byte
+//! of a 206's `Content-Range`) is an error, which the installer resumes.
+//! A 416 to a resume's Range means the file ends at or before the offset:
+//! an empty rest, which the installer refuses as short.
 
 use std::io::{self, Read};
 use std::time::Duration;
@@ -223,29 +230,31 @@ impl TargetSource for HttpRepo {
             .block_on(async { request.send().await })
             .map_err(transfer)?;
         let status = response.status();
+        if status == StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
+            // Nothing from `offset` on: the file is no longer than that.
+            return Ok(Box::new(io::empty()));
+        }
         check_status(&url, status)?;
-        let skip = match status {
+        let (skip, announced) = match status {
             StatusCode::PARTIAL_CONTENT => {
                 let range = response
                     .headers()
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                let starts_at = range
-                    .strip_prefix("bytes ")
-                    .and_then(|r| r.split_once('-'))
-                    .and_then(|(start, _)| start.parse::<u64>().ok());
-                if starts_at != Some(offset) {
-                    return Err(transfer(ResponseError::Range {
-                        url,
-                        offset,
-                        range: range.into(),
-                    }));
+                match content_range(range) {
+                    Some((start, end)) if start == offset => (0, Some(end + 1 - start)),
+                    _ => {
+                        return Err(transfer(ResponseError::Range {
+                            url,
+                            offset,
+                            range: range.into(),
+                        }))
+                    }
                 }
-                0
             }
             // The server ignored the Range: skip what we have.
-            _ => offset,
+            _ => (offset, response.content_length()),
         };
         Ok(Box::new(TargetReader {
             runtime: &self.runtime,
@@ -253,8 +262,18 @@ impl TargetSource for HttpRepo {
             chunk: Vec::new(),
             pos: 0,
             skip,
+            announced,
+            received: 0,
         }))
     }
+}
+
+/// `bytes FIRST-LAST/LENGTH` (LENGTH may be `*`): the first and last byte.
+fn content_range(value: &str) -> Option<(u64, u64)> {
+    let (range, _length) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (first <= last).then_some((first, last))
 }
 
 /// A payload response as a [`Read`].
@@ -265,6 +284,10 @@ struct TargetReader<'a> {
     pos: usize,
     /// Bytes still to drop (a server that answered a Range with 200).
     skip: u64,
+    /// The body's length as the server announced it, if it did.
+    announced: Option<u64>,
+    /// Body bytes received so far.
+    received: u64,
 }
 
 impl Read for TargetReader<'_> {
@@ -282,13 +305,139 @@ impl Read for TargetReader<'_> {
                 .block_on(async { response.chunk().await })
                 .map_err(io::Error::other)?;
             let Some(chunk) = next else {
-                return Ok(0);
+                // hyper fails a body cut short of its Content-Length; this
+                // catches a connection-delimited 206 that stops early.
+                return match self.announced {
+                    Some(n) if self.received < n => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the connection closed after {} of the {n} bytes announced",
+                            self.received
+                        ),
+                    )),
+                    _ => Ok(0),
+                };
             };
+            self.received += chunk.len() as u64;
             let drop = self.skip.min(chunk.len() as u64) as usize;
             self.skip -= drop as u64;
             self.chunk.clear();
             self.chunk.extend_from_slice(&chunk[drop..]);
             self.pos = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A server on 127.0.0.1 that reads each request's head and answers
+    /// with `answer`, then closes; the repository's URL.
+    fn serve(answer: impl Fn(&mut TcpStream) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/repo/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    line.clear();
+                }
+                answer(&mut stream);
+            }
+        });
+        url
+    }
+
+    fn canned(head: &'static str, body: Vec<u8>) -> impl Fn(&mut TcpStream) + Send + 'static {
+        move |s: &mut TcpStream| {
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    }
+
+    fn client(url: &str) -> HttpRepo {
+        let config = HttpConfig {
+            read_timeout: Duration::from_secs(10),
+            ..HttpConfig::default()
+        };
+        HttpRepo::new(url, &config).unwrap()
+    }
+
+    fn read_all(repo: &mut HttpRepo, offset: u64) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut reader = repo.open_target("atoll-0.2.0.slot.zst", offset).unwrap();
+        reader.read_to_end(&mut body).map(|_| body)
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(content_range("bytes 10-99/100"), Some((10, 99)));
+        assert_eq!(content_range("bytes 0-0/*"), Some((0, 0)));
+        assert_eq!(content_range("bytes 10-9/100"), None);
+        assert_eq!(content_range("bytes */100"), None);
+        assert_eq!(content_range("items 1-2/3"), None);
+    }
+
+    /// A whole response ends cleanly where the file ends, even short of
+    /// what the installer expects: that is the file the server has.
+    #[test]
+    fn a_complete_body_ends_the_file() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 40\r\nconnection: close\r\n\r\n";
+        let mut repo = client(&serve(canned(head, vec![7; 40])));
+        assert_eq!(read_all(&mut repo, 0).unwrap(), vec![7; 40]);
+        // A server that ignores the Range: the bytes before it are dropped.
+        assert_eq!(read_all(&mut repo, 30).unwrap(), vec![7; 10]);
+    }
+
+    /// A body cut before the length the server announced is an error (the
+    /// installer resumes it), not the end of the file.
+    #[test]
+    fn a_body_cut_short_of_its_length_is_an_error() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n";
+        let mut repo = client(&serve(canned(head, vec![7; 40])));
+        assert!(read_all(&mut repo, 0).is_err());
+
+        // Without a Content-Length, a 206's Content-Range says where it ends.
+        let head = "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 10-99/100\r\n\
+                    connection: close\r\n\r\n";
+        let mut repo = client(&serve(canned(head, vec![7; 30])));
+        let e = read_all(&mut repo, 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(e.to_string().contains("after 30 of the 90 bytes"), "{e}");
+    }
+
+    /// A 416 to a resume: the file ends at or before the offset.
+    #[test]
+    fn a_range_past_the_end_is_an_empty_rest() {
+        let head = "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */100\r\n\
+                    content-length: 0\r\nconnection: close\r\n\r\n";
+        let mut repo = client(&serve(canned(head, Vec::new())));
+        assert_eq!(read_all(&mut repo, 200).unwrap(), Vec::<u8>::new());
+        // From byte 0 it is a plain error.
+        assert!(repo.open_target("atoll-0.2.0.slot.zst", 0).is_err());
+    }
+
+    /// A server that never stops: the reader goes on as long as asked (the
+    /// installer stops one byte past the signed length).
+    #[test]
+    fn an_endless_body_reads_on() {
+        let url = serve(|s: &mut TcpStream| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+            while s.write_all(&[0; 4096]).is_ok() {}
+        });
+        let mut repo = client(&url);
+        let reader = repo.open_target("atoll-0.2.0.slot.zst", 0).unwrap();
+        let mut got = Vec::new();
+        reader.take(1 << 20).read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), 1 << 20);
     }
 }

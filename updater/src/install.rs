@@ -3,7 +3,9 @@
 //! straight to the slot's block device, with no temporary copy. Both
 //! streams are checked as they pass: the payload against the target's
 //! length and sha256, the slot image against `slot_length` and
-//! `slot_sha256` (a byte past either length is refused at once).
+//! `slot_sha256` (a byte past either length is refused at once, so an
+//! endless download is cut at the signed length; a file that ends short
+//! of it is refused too, while a transfer that breaks off resumes).
 //!
 //! Order of effects, so that a power cut at any moment leaves a host that
 //! boots a good slot:
@@ -58,7 +60,9 @@ const CHUNK: usize = 1 << 20;
 /// directory ([`DirFetcher`]).
 pub trait TargetSource {
     /// The target `name` (a path below the repository's `targets/`) from
-    /// byte `offset` on.
+    /// byte `offset` on. The reader's end (`Ok(0)`) must mean that the
+    /// file ends there; a transfer that breaks off must be an error, so
+    /// that the install resumes it rather than refusing a short file.
     fn open_target(&mut self, name: &str, offset: u64) -> Result<Box<dyn Read + '_>, FetchError>;
 }
 
@@ -125,11 +129,18 @@ pub enum InstallError {
         #[source]
         source: io::Error,
     },
-    #[error("target {name}: the download stopped at byte {offset} of {length}")]
-    Interrupted {
+    /// The source ended cleanly before the signed length: the file it
+    /// serves is not the one signed. A transfer that breaks off is a
+    /// [`InstallError::Read`] instead (sources report a cut as an error,
+    /// see [`TargetSource`]), so this is a refusal, not a resume.
+    #[error(
+        "target {name}: the file served ends at byte {length}, short of its signed length \
+         of {expected} bytes"
+    )]
+    Short {
         name: String,
-        offset: u64,
         length: u64,
+        expected: u64,
     },
     #[error("target {name}: not a valid zstd stream at byte {offset} (damaged or tampered)")]
     Decompress {
@@ -152,12 +163,7 @@ impl InstallError {
     /// Whether trying again later resumes from the last checkpoint (a
     /// transfer problem) rather than starting over.
     pub fn is_resumable(&self) -> bool {
-        matches!(
-            self,
-            InstallError::Fetch { .. }
-                | InstallError::Read { .. }
-                | InstallError::Interrupted { .. }
-        )
+        matches!(self, InstallError::Fetch { .. } | InstallError::Read { .. })
     }
 }
 
@@ -446,10 +452,12 @@ fn stream(
         }
     }
     if received < length {
-        return Err(InstallError::Interrupted {
+        // A clean end: the source says its file ends here. Trying again
+        // would fetch the same short file forever.
+        return Err(InstallError::Short {
             name: name.into(),
-            offset: received,
-            length,
+            length: received,
+            expected: length,
         });
     }
     if !at_frame_end {
@@ -509,5 +517,251 @@ fn load_progress(path: &Path) -> Option<Progress> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use atoll_common::bootstate::BootState;
+    use atoll_common::grubenv::Grubenv;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::metadata::Hashes;
+
+    const NAME: &str = "atoll-0.2.0.slot.zst";
+    /// Slot bytes per zstd frame, and between checkpoints.
+    const FRAME: usize = 64 * 1024;
+
+    /// A slot image, its payload (one zstd frame per [`FRAME`]) and the
+    /// target that signs both.
+    fn release() -> (Vec<u8>, Vec<u8>, TargetFile) {
+        let slot: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut payload = Vec::new();
+        for frame in slot.chunks(FRAME) {
+            payload.extend(zstd::encode_all(frame, 3).unwrap());
+        }
+        let target = TargetFile {
+            length: payload.len() as u64,
+            hashes: Hashes {
+                sha256: hex::encode(Sha256::digest(&payload)),
+            },
+            custom: Some(Release {
+                version: "0.2.0".parse().unwrap(),
+                slot_sha256: hex::encode(Sha256::digest(&slot)),
+                slot_length: slot.len() as u64,
+                verity_root_hash: "ab".repeat(32),
+                kernel: "6.1.0-test".into(),
+                rollout: None,
+                min_version: None,
+            }),
+        };
+        (slot, payload, target)
+    }
+
+    /// A slot device, a grubenv pair booting A, and a progress path.
+    struct Host {
+        _dir: tempfile::TempDir,
+        device: PathBuf,
+        boot: BootEnv,
+        progress: PathBuf,
+    }
+
+    fn host() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("root-b.img");
+        std::fs::write(&device, vec![0xee; 1 << 20]).unwrap();
+        let boot = BootEnv::on_esp(&dir.path().join("esp"));
+        std::fs::create_dir_all(boot.env.parent().unwrap()).unwrap();
+        let mut env = Grubenv::new();
+        BootState::fresh(&"11".repeat(32)).to_env(&mut env).unwrap();
+        let bytes = env.to_bytes().unwrap();
+        std::fs::write(&boot.env, &bytes).unwrap();
+        std::fs::write(boot.good.as_ref().unwrap(), &bytes).unwrap();
+        let progress = dir.path().join("progress.json");
+        Host {
+            _dir: dir,
+            device,
+            boot,
+            progress,
+        }
+    }
+
+    impl Host {
+        fn install(
+            &self,
+            target: &TargetFile,
+            source: &mut dyn TargetSource,
+        ) -> Result<Installed, InstallError> {
+            let plan = Install {
+                name: NAME,
+                target,
+                booted: Slot::A,
+                device: &self.device,
+                boot: &self.boot,
+                progress: &self.progress,
+                checkpoint_every: FRAME as u64,
+            };
+            install(&plan, source)
+        }
+
+        /// Slot B is not offered: A first, B neither good nor tried.
+        fn assert_not_offered(&self) {
+            let st = self.boot.state().unwrap();
+            assert_eq!(st.order.first(), Some(&Slot::A));
+            assert!(!st.slot(Slot::B).good);
+            assert_eq!(st.slot(Slot::B).tries, 0);
+        }
+    }
+
+    /// Serves `file` from the offset asked, then `after` (an error, or
+    /// more bytes).
+    struct Source<F: Fn() -> Box<dyn Read>> {
+        file: Vec<u8>,
+        after: F,
+        offsets: Vec<u64>,
+    }
+
+    impl<F: Fn() -> Box<dyn Read>> TargetSource for Source<F> {
+        fn open_target(
+            &mut self,
+            _name: &str,
+            offset: u64,
+        ) -> Result<Box<dyn Read + '_>, FetchError> {
+            self.offsets.push(offset);
+            let rest = self
+                .file
+                .get(offset as usize..)
+                .unwrap_or_default()
+                .to_vec();
+            Ok(Box::new(Cursor::new(rest).chain((self.after)())))
+        }
+    }
+
+    /// A connection reset.
+    struct Reset;
+
+    impl Read for Reset {
+        fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(ErrorKind::ConnectionReset, "reset (test)"))
+        }
+    }
+
+    #[test]
+    fn the_whole_payload_installs() {
+        let (slot, payload, target) = release();
+        let host = host();
+        let mut source = Source {
+            file: payload.clone(),
+            after: || Box::new(io::empty()) as Box<dyn Read>,
+            offsets: Vec::new(),
+        };
+        let done = host.install(&target, &mut source).unwrap();
+        assert_eq!(done.downloaded, payload.len() as u64);
+        let written = std::fs::read(&host.device).unwrap();
+        assert_eq!(&written[..slot.len()], &slot[..]);
+        assert_eq!(host.boot.state().unwrap().order.first(), Some(&Slot::B));
+    }
+
+    /// A file that ends cleanly short of its signed length is refused, not
+    /// resumed: every try would fetch the same short file.
+    #[test]
+    fn a_file_shorter_than_signed_is_refused() {
+        let (_, payload, target) = release();
+        // Past two frames, so that there was a checkpoint to resume from.
+        let short = payload.len() * 3 / 4;
+        let host = host();
+        let mut source = Source {
+            file: payload[..short].to_vec(),
+            after: || Box::new(io::empty()) as Box<dyn Read>,
+            offsets: Vec::new(),
+        };
+        let e = host.install(&target, &mut source).unwrap_err();
+        assert!(
+            matches!(e, InstallError::Short { length, expected, .. }
+                if length == short as u64 && expected == payload.len() as u64),
+            "{e:?}"
+        );
+        assert!(!e.is_resumable());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "target {NAME}: the file served ends at byte {short}, short of its signed \
+                 length of {} bytes",
+                payload.len()
+            )
+        );
+        // The next try starts over.
+        assert!(!host.progress.exists());
+        host.assert_not_offered();
+
+        // Resumed from a checkpoint, a short file is refused all the same.
+        let mut cut = Source {
+            file: payload[..short].to_vec(),
+            after: || Box::new(Reset) as Box<dyn Read>,
+            offsets: Vec::new(),
+        };
+        assert!(host.install(&target, &mut cut).unwrap_err().is_resumable());
+        assert!(host.progress.exists());
+        let e = host.install(&target, &mut source).unwrap_err();
+        assert!(matches!(e, InstallError::Short { .. }), "{e:?}");
+        assert!(
+            source.offsets.last().is_some_and(|o| *o > 0),
+            "{:?}",
+            source.offsets
+        );
+        assert!(!host.progress.exists());
+        host.assert_not_offered();
+    }
+
+    /// A transfer that breaks off keeps its checkpoint and resumes.
+    #[test]
+    fn a_cut_transfer_resumes() {
+        let (slot, payload, target) = release();
+        let host = host();
+        let mut cut = Source {
+            file: payload[..payload.len() / 2].to_vec(),
+            after: || Box::new(Reset) as Box<dyn Read>,
+            offsets: Vec::new(),
+        };
+        let e = host.install(&target, &mut cut).unwrap_err();
+        assert!(matches!(e, InstallError::Read { .. }), "{e:?}");
+        assert!(e.is_resumable());
+        host.assert_not_offered();
+        let mut whole = Source {
+            file: payload.clone(),
+            after: || Box::new(io::empty()) as Box<dyn Read>,
+            offsets: Vec::new(),
+        };
+        let done = host.install(&target, &mut whole).unwrap();
+        assert!(done.resumed_from > 0);
+        assert_eq!(whole.offsets, vec![done.resumed_from]);
+        let written = std::fs::read(&host.device).unwrap();
+        assert_eq!(&written[..slot.len()], &slot[..]);
+    }
+
+    /// A server that sends the payload and then never stops is cut at the
+    /// first byte past the signed length.
+    #[test]
+    fn an_endless_download_is_cut_at_the_signed_length() {
+        let (_, payload, target) = release();
+        let host = host();
+        let mut endless = Source {
+            file: payload,
+            after: || Box::new(io::repeat(0)) as Box<dyn Read>,
+            offsets: Vec::new(),
+        };
+        let e = host.install(&target, &mut endless).unwrap_err();
+        assert!(
+            matches!(e, InstallError::Verify(UpdateError::TargetTooLong { .. })),
+            "{e:?}"
+        );
+        assert!(!e.is_resumable());
+        assert!(!host.progress.exists());
+        host.assert_not_offered();
     }
 }
