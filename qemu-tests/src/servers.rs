@@ -6,12 +6,14 @@
 //!   required) or OpenStack, serving the user data a test gives it;
 //! - [`EchoServer`]: answers one line per connection, to show that a guest
 //!   TCP connection reached the host;
-//! - [`HttpFileServer`]: a directory over HTTP/1.1 with byte ranges.
+//! - [`HttpFileServer`]: a directory over HTTP/1.1 with byte ranges (the
+//!   directory can be swapped while it runs, and a file can be made to
+//!   stream without end).
 //!
 //! Each runs in background threads, records what it got, and stops when
 //! dropped. The HTTP servers speak just enough HTTP/1.1 for the guest's
 //! client and for `curl`: one request per connection, answered with a
-//! `Content-Length` and `Connection: close` (QEMU's forward relays each
+//! `Content-Length` (but for an endless file) and `Connection: close` (QEMU's forward relays each
 //! guest connection to its own host connection, so the guest sees the
 //! close). Requests are bounded ([`MAX_HEAD`], [`MAX_BODY`], [`IO_TIMEOUT`]);
 //! what a server cannot read it answers with a 4xx and records with
@@ -277,10 +279,13 @@ impl Drop for Listener {
 // ---------------------------------------------------------------------------
 // HTTP/1.1, the small part the servers need
 
-/// A response body: bytes, or a slice of a file streamed from disk.
+/// A response body: bytes, a slice of a file streamed from disk, or a
+/// whole file followed by zeros without end (no `Content-Length`: the body
+/// ends when the connection does).
 enum Body {
     Bytes(Vec<u8>),
     File { file: File, start: u64, len: u64 },
+    Endless { file: File },
 }
 
 struct Response {
@@ -312,17 +317,22 @@ impl Response {
         self
     }
 
-    fn len(&self) -> u64 {
+    /// The body's length; `None` for an endless one.
+    fn len(&self) -> Option<u64> {
         match &self.body {
-            Body::Bytes(b) => b.len() as u64,
-            Body::File { len, .. } => *len,
+            Body::Bytes(b) => Some(b.len() as u64),
+            Body::File { len, .. } => Some(*len),
+            Body::Endless { .. } => None,
         }
     }
 
     /// Writes the response (no body for HEAD).
     fn write_to(self, w: &mut impl Write, head_only: bool) -> io::Result<()> {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        head += &format!("Content-Length: {}\r\nConnection: close\r\n", self.len());
+        if let Some(len) = self.len() {
+            head += &format!("Content-Length: {len}\r\n");
+        }
+        head += "Connection: close\r\n";
         for (n, v) in &self.headers {
             head += &format!("{n}: {v}\r\n");
         }
@@ -343,6 +353,15 @@ impl Response {
                             io::ErrorKind::UnexpectedEof,
                             "file shrank while being sent",
                         ));
+                    }
+                }
+                // Until a write fails: the client closed, or stopped
+                // reading for IO_TIMEOUT, or the server is dropped.
+                Body::Endless { mut file } => {
+                    io::copy(&mut file, w)?;
+                    let zeros = [0u8; 64 << 10];
+                    loop {
+                        w.write_all(&zeros)?;
                     }
                 }
             }
@@ -950,37 +969,85 @@ fn echo(stream: &mut TcpStream, lines: &Mutex<Vec<String>>) {
 /// single byte ranges (`Range: bytes=a-b`, `a-`, `-n`: 206 with
 /// `Content-Range`; 416 past the end; several ranges: the whole file).
 /// Directories are not listed; `..` is refused.
+///
+/// What it serves can change while it runs, for tests that show a guest
+/// one repository after another: [`HttpFileServer::set_root`] swaps the
+/// directory, and [`HttpFileServer::set_endless`] makes a `GET` of one
+/// path answer with the file followed by zeros without end (an endless
+/// download).
 pub struct HttpFileServer {
-    root: PathBuf,
+    served: Arc<Mutex<Served>>,
     http: HttpServer,
+}
+
+/// What an [`HttpFileServer`] answers with, read at each request.
+#[derive(Debug, Clone)]
+struct Served {
+    root: PathBuf,
+    /// The request path (`/targets/x`) that streams without end.
+    endless: Option<String>,
 }
 
 impl std::fmt::Debug for HttpFileServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpFileServer")
-            .field("root", &self.root)
+            .field("served", &*lock(&self.served))
             .field("port", &self.port())
             .finish_non_exhaustive()
     }
 }
 
+fn check_dir(root: &Path) -> Result<(), ServerError> {
+    if !root.is_dir() {
+        return Err(ServerError::NotADirectory {
+            path: root.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 impl HttpFileServer {
     pub fn serve(root: &Path) -> Result<Self, ServerError> {
-        if !root.is_dir() {
-            return Err(ServerError::NotADirectory {
-                path: root.to_path_buf(),
-            });
-        }
-        let r = root.to_path_buf();
-        let http = HttpServer::start("file", Arc::new(move |req: &Request| serve_file(&r, req)))?;
-        Ok(Self {
+        check_dir(root)?;
+        let served = Arc::new(Mutex::new(Served {
             root: root.to_path_buf(),
-            http,
-        })
+            endless: None,
+        }));
+        let s = Arc::clone(&served);
+        let http = HttpServer::start(
+            "file",
+            Arc::new(move |req: &Request| {
+                let now = lock(&s).clone();
+                serve_file(&now, req)
+            }),
+        )?;
+        Ok(Self { served, http })
     }
 
     pub fn port(&self) -> u16 {
         self.http.listener.addr.port()
+    }
+
+    /// The directory served now.
+    pub fn root(&self) -> PathBuf {
+        lock(&self.served).root.clone()
+    }
+
+    /// Serves `root` from the next request on (one being answered keeps
+    /// its file).
+    pub fn set_root(&self, root: &Path) -> Result<(), ServerError> {
+        check_dir(root)?;
+        lock(&self.served).root = root.to_path_buf();
+        Ok(())
+    }
+
+    /// From the next request on, a `GET` of `path` (`/targets/x`, matched
+    /// without its query) answers 200 with the file and then zeros without
+    /// end, with no `Content-Length` and ignoring any `Range`, until the
+    /// client closes the connection, stops reading for [`IO_TIMEOUT`], or
+    /// the server is dropped. `None`: every file ends again.
+    pub fn set_endless(&self, path: Option<&str>) {
+        lock(&self.served).endless = path.map(str::to_string);
     }
 
     /// Every request so far, oldest first.
@@ -1059,11 +1126,11 @@ fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()>
     Ok(Some(range))
 }
 
-fn serve_file(root: &Path, r: &Request) -> Response {
+fn serve_file(served: &Served, r: &Request) -> Response {
     if r.method != "GET" && r.method != "HEAD" {
         return Response::status(405).header("Allow", "GET, HEAD");
     }
-    let Some(path) = file_under(root, r.path_only()) else {
+    let Some(path) = file_under(&served.root, r.path_only()) else {
         return Response::status(404);
     };
     let file = match File::open(&path) {
@@ -1077,6 +1144,13 @@ fn serve_file(root: &Path, r: &Request) -> Response {
         Ok(_) => return Response::status(404),
         Err(_) => return Response::status(500),
     };
+    if served.endless.as_deref() == Some(r.path_only()) {
+        return Response {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+            body: Body::Endless { file },
+        };
+    }
     let (status, start, end, content_range) = match parse_range(r.header("Range"), len) {
         Ok(None) => (200, 0, len, None),
         Ok(Some((a, b))) => (206, a, b + 1, Some(format!("bytes {a}-{b}/{len}"))),
@@ -1530,6 +1604,43 @@ mod tests {
             .unwrap();
         assert_eq!(r.status, 206);
         assert!(HttpFileServer::serve(&dir.path().join("empty")).is_err());
+    }
+
+    #[test]
+    fn file_server_swaps_its_root_and_streams_without_end() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(one.path().join("f"), b"one").unwrap();
+        std::fs::write(two.path().join("f"), b"two").unwrap();
+        let files = HttpFileServer::serve(one.path()).unwrap();
+        let port = files.port();
+        assert_eq!(request(port, "GET", "/f", &[]).body, b"one");
+        files.set_root(two.path()).unwrap();
+        assert_eq!(files.root(), two.path());
+        assert_eq!(request(port, "GET", "/f", &[]).body, b"two");
+        assert!(files.set_root(&two.path().join("f")).is_err());
+        assert_eq!(files.root(), two.path());
+
+        // Endless: the file, then zeros for as long as the client reads.
+        files.set_endless(Some("/f"));
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /f?x=1 HTTP/1.1\r\nRange: bytes=1-\r\n\r\n")
+            .unwrap();
+        let mut got = vec![0u8; 4 << 20];
+        s.read_exact(&mut got).unwrap();
+        let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&got[..split]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        let body = &got[split + 4..];
+        assert_eq!(&body[..3], b"two");
+        assert!(body[3..].iter().all(|b| *b == 0));
+        drop(s);
+        // Other paths, and the path again once it is turned off, end.
+        std::fs::write(two.path().join("g"), b"g").unwrap();
+        assert_eq!(request(port, "GET", "/g", &[]).body, b"g");
+        files.set_endless(None);
+        assert_eq!(request(port, "GET", "/f", &[]).body, b"two");
     }
 
     #[test]

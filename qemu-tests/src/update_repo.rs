@@ -10,6 +10,11 @@
 //! (`target/atoll/test-update/`) and reused while the base image's
 //! build.json is unchanged. Each test serves its own copy
 //! ([`UpdateRepo::copy_to`]) so that it can tamper with it.
+//!
+//! The key and re-signing commands an operator runs are here too
+//! ([`resign`], [`init_keys`], [`rotate_key`]), for tests that show a host
+//! repositories signed in other ways: by foreign keys, expiring at once,
+//! after a key rotation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +38,8 @@ pub enum RepoError {
         status: std::process::ExitStatus,
         output: String,
     },
+    #[error("{path}: {why}")]
+    Metadata { path: PathBuf, why: String },
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
 }
@@ -102,8 +109,8 @@ fn build() -> Result<UpdateRepo, RepoError> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io(dir.display().to_string()))?;
-    let image_build = root.join("target/release/image-build");
-    let keys = root.join("target/atoll/keys");
+    let image_build = image_build();
+    let keys = dev_keys();
     let out = dir.join("v2");
     run(Command::new(&image_build)
         .current_dir(&root)
@@ -138,6 +145,112 @@ fn build() -> Result<UpdateRepo, RepoError> {
         dir: repo,
         version: NEXT_VERSION.into(),
     })
+}
+
+/// The `image-build` binary of this workspace.
+pub fn image_build() -> PathBuf {
+    disk::workspace_root().join("target/release/image-build")
+}
+
+/// The development keys the base image trusts (`target/atoll/keys`, made
+/// by its build; the test release is signed with them).
+pub fn dev_keys() -> PathBuf {
+    disk::workspace_root().join("target/atoll/keys")
+}
+
+fn image_build_cmd() -> Command {
+    let mut cmd = Command::new(image_build());
+    cmd.current_dir(disk::workspace_root());
+    cmd
+}
+
+/// `image-build resign`: re-signs `repo`'s targets, snapshot and timestamp
+/// with the keys in `keys` (versions + 1), targets and snapshot expiring
+/// after `expires` and the timestamp after `timestamp_expires` (spans such
+/// as `1s`, `7d`), and publishes the keys' root versions.
+pub fn resign(
+    keys: &Path,
+    repo: &Path,
+    expires: &str,
+    timestamp_expires: &str,
+) -> Result<(), RepoError> {
+    run(image_build_cmd()
+        .arg("resign")
+        .arg("--keys")
+        .arg(keys)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--expires")
+        .arg(expires)
+        .arg("--timestamp-expires")
+        .arg(timestamp_expires))
+}
+
+/// `image-build keys init`: a new key set (one key per role, root
+/// version 1) in `dir`, which must not hold one yet.
+pub fn init_keys(dir: &Path) -> Result<(), RepoError> {
+    run(image_build_cmd().args(["keys", "init", "--dir"]).arg(dir))
+}
+
+/// `image-build keys rotate`: a new key for `role`, taking `revoke` off it
+/// if given, in root version N+1 (`dir/roots/N+1.root.json`).
+pub fn rotate_key(dir: &Path, role: &str, revoke: Option<&str>) -> Result<(), RepoError> {
+    let mut cmd = image_build_cmd();
+    cmd.args(["keys", "rotate", "--dir"])
+        .arg(dir)
+        .args(["--role", role]);
+    if let Some(id) = revoke {
+        cmd.args(["--revoke", id]);
+    }
+    run(&mut cmd)
+}
+
+/// The `signed` part of a metadata document (unverified).
+fn signed_part(path: &Path) -> Result<serde_json::Value, RepoError> {
+    let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| RepoError::Metadata {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    doc.get("signed")
+        .cloned()
+        .ok_or_else(|| RepoError::Metadata {
+            path: path.to_path_buf(),
+            why: "no `signed`".into(),
+        })
+}
+
+/// The key ids a root document (`keys/root.json`) gives `role`.
+pub fn role_keyids(root: &Path, role: &str) -> Result<Vec<String>, RepoError> {
+    let signed = signed_part(root)?;
+    let ids = signed
+        .pointer(&format!("/roles/{role}/keyids"))
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| RepoError::Metadata {
+            path: root.to_path_buf(),
+            why: format!("no key ids for the {role} role"),
+        })?;
+    Ok(ids
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect())
+}
+
+/// The version of a metadata document (`repo/timestamp.json`).
+pub fn metadata_version(path: &Path) -> Result<u64, RepoError> {
+    signed_part(path)?
+        .get("version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| RepoError::Metadata {
+            path: path.to_path_buf(),
+            why: "no version".into(),
+        })
+}
+
+/// A copy of the directory tree `from` at `to` (made).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), RepoError> {
+    copy_dir(from, to)
 }
 
 impl UpdateRepo {
