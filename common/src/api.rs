@@ -97,6 +97,9 @@ pub enum Request {
     RemoveImage { image: String },
     /// Remove blobs and unpacked layers no image names.
     Prune,
+    /// Everything about one of the config's containers or pods (`NAME`,
+    /// `POD` or `POD/NAME`). The answer: [`Response::Inspect`].
+    Inspect { name: String },
 }
 
 /// A terminal's size in character cells.
@@ -118,6 +121,22 @@ pub enum ExecInput {
     /// End of input: the command's stdin is closed (without a terminal),
     /// or gets the terminal's end-of-file character (with one).
     Eof,
+}
+
+/// What `inspect` tells about a container or a pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inspection {
+    pub name: String,
+    /// `container` or `pod`.
+    pub kind: String,
+    /// Its state (a pod: each of its containers, init containers first).
+    pub containers: Vec<ContainerStatus>,
+    /// Its entry in the config as PID 1 runs it, defaults filled in.
+    pub config: serde_json::Value,
+    /// The OCI runtime spec (`config.json`) each running container was
+    /// started with, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub specs: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// One image in the store, as `atollctl images` shows it.
@@ -359,6 +378,7 @@ pub enum Response {
     },
     Update(Box<UpdateReport>),
     Images(Vec<ImageInfo>),
+    Inspect(Box<Inspection>),
     /// What a request did, in a line (pull, remove, prune).
     Message {
         message: String,

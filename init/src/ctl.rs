@@ -373,6 +373,10 @@ pub enum Command {
         args: Vec<String>,
         tty: bool,
     },
+    /// A container's or pod's config entry, state and runtime spec (JSON).
+    Inspect {
+        name: String,
+    },
     /// `stop`, `start`, `restart` of a config container.
     Update {
         action: UpdateAction,
@@ -780,6 +784,18 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
         }
         Command::ExecInteractive { name, args, tty } => {
             return interactive::exec(client, name, args, tty);
+        }
+        Command::Inspect { name } => {
+            let mut got = None;
+            client.call(&Request::Inspect { name }, |r| {
+                if let Response::Inspect(i) = r {
+                    got = Some(i);
+                }
+                true
+            })?;
+            let i =
+                got.ok_or_else(|| CtlError::Unexpected("no inspection in the answer".into()))?;
+            print_json(&i);
         }
         Command::Container { name, action } => {
             let req = Request::ContainerAction {

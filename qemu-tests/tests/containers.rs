@@ -16,8 +16,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{
-    ContainerAction, ContainerState, ContainerStatus, ExecInput, ImageInfo, LogRecord, Request,
-    Response, TermSize,
+    ContainerAction, ContainerState, ContainerStatus, ExecInput, ImageInfo, Inspection, LogRecord,
+    Request, Response, TermSize,
 };
 use atoll_common::layout::FW_CFG_CONFIG;
 use qemu_tests::api_client::Session;
@@ -231,6 +231,24 @@ fn interactive_exec(vm: &Vm) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// A pod member's spec joins the pod's UTS namespace (by path).
+fn joins_the_pods_uts(spec: &serde_json::Value) -> bool {
+    spec["linux"]["namespaces"].as_array().is_some_and(|ns| {
+        ns.iter()
+            .any(|n| n["type"] == "uts" && n.get("path").is_some())
+    })
+}
+
+fn inspect(vm: &Vm, name: &str) -> Result<Inspection, VmError> {
+    let out = vm.api(&Request::Inspect { name: name.into() })?;
+    for r in &out {
+        if let Response::Inspect(i) = r {
+            return Ok((**i).clone());
+        }
+    }
+    Err(vm.fail(format!("inspect {name}: {out:?}")))
+}
+
 fn action(vm: &Vm, name: &str, action: ContainerAction) -> Result<(), VmError> {
     let req = Request::ContainerAction {
         name: name.into(),
@@ -291,6 +309,7 @@ fn default_config_runs_hello_with_docker_isolation() -> TestResult {
         c.image == "localhost/atoll/busybox:latest" && c.pid.is_some() && c.restarts == 0,
         || format!("hello: {c:?}"),
     )?;
+    let c0_pid = c.pid;
     let logs = logs_of(&vm, "hello")?;
     vm.check(
         logs.iter().any(|l| {
@@ -335,6 +354,29 @@ fn default_config_runs_hello_with_docker_isolation() -> TestResult {
     let (_, code) = exec(&vm, "hello", &["sh", "-c", "exit 7"])?;
     vm.check(code == Some(7), || format!("exec's exit code: {code:?}"))?;
     interactive_exec(&vm)?;
+
+    // inspect: the config entry with its defaults, the state, the spec.
+    let i = inspect(&vm, "hello")?;
+    let spec = i.specs.get("hello");
+    vm.check(
+        i.kind == "container"
+            && i.config["image"] == "localhost/atoll/busybox:latest"
+            && i.config["read_only"] == true
+            && i.containers.first().is_some_and(|c| c.pid == c0_pid)
+            && spec.is_some_and(|s| {
+                s["process"]["args"][0] == "/bin/sh"
+                    && s["root"]["readonly"] == true
+                    && s["hostname"] == "hello"
+            }),
+        || format!("inspect hello: {i:?}"),
+    )?;
+    let unknown = vm.api(&Request::Inspect {
+        name: "nope".into(),
+    })?;
+    vm.check(
+        matches!(unknown.last(), Some(Response::Error { message }) if message.contains("known: hello")),
+        || format!("inspect of an unknown name: {unknown:?}"),
+    )?;
 
     // stop, start, restart.
     action(&vm, "hello", ContainerAction::Stop)?;
@@ -487,6 +529,8 @@ fn pod_containers_share_localhost_after_init() -> TestResult {
     // Both share the pod's UTS namespace: the pod's hostname.
     let (host, _) = exec(&vm, "duo/client", &["hostname"])?;
     vm.check(host.trim() == "duo", || format!("client hostname {host:?}"))?;
+    let (env, _) = exec(&vm, "duo/client", &["sh", "-c", "echo $HOSTNAME"])?;
+    vm.check(env.trim() == "duo", || format!("client $HOSTNAME {env:?}"))?;
     let list = ps(&vm)?;
     vm.check(
         list.iter()
@@ -494,6 +538,25 @@ fn pod_containers_share_localhost_after_init() -> TestResult {
             .count()
             == 3,
         || format!("ps does not list the pod's three containers: {list:?}"),
+    )?;
+    // inspect: the pod (its three containers), one of them by POD/NAME.
+    let pod = inspect(&vm, "duo")?;
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    vm.check(
+        pod.kind == "pod"
+            && names == ["setup", "server", "client"]
+            && pod.config["name"] == "duo"
+            && pod.specs.get("duo/client").is_some_and(joins_the_pods_uts)
+            && !pod.specs.contains_key("duo/setup"),
+        || format!("inspect duo: {pod:?}"),
+    )?;
+    let client = inspect(&vm, "duo/client")?;
+    vm.check(
+        client.kind == "container"
+            && client.containers.len() == 1
+            && client.containers[0].state == ContainerState::Running
+            && client.specs.contains_key("duo/client"),
+        || format!("inspect duo/client: {client:?}"),
     )?;
     poweroff_stops(&vm, &["duo.client"])
 }

@@ -92,6 +92,9 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// A container's or pod's (`NAME`, `POD`, `POD/NAME`) config entry with
+    /// its defaults, its state, and the OCI runtime spec it runs with, as JSON.
+    Inspect { name: String },
     /// Stop a container (SIGTERM, SIGKILL after 10 s) until `start` or the next boot.
     Stop { name: String },
     /// Start a stopped or exited container.
@@ -228,6 +231,7 @@ fn main() -> ExitCode {
             args: command,
             timeout_ms: Some(timeout.saturating_mul(1000)),
         },
+        Cmd::Inspect { name } => Command::Inspect { name },
         Cmd::Stop { name } => Command::Container {
             name,
             action: ContainerAction::Stop,

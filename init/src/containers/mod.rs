@@ -76,6 +76,8 @@ pub enum ActionRequest {
         io: Option<exec::ExecIo>,
         reply: mpsc::UnboundedSender<atoll_common::api::Response>,
     },
+    /// `inspect`: answered with [`Response::Inspect`] or an error.
+    Inspect(String, oneshot::Sender<atoll_common::api::Response>),
     /// `images`, `pull`, `rmi`, `prune`: answered with one response.
     Store(
         images::StoreRequest,
@@ -155,6 +157,8 @@ pub struct Supervisor {
     targets: Targets,
     /// For the image requests: which images the config uses.
     config: Config,
+    /// The admin container, when the config enables it.
+    admin: Option<Container>,
     paths: Rc<Paths>,
 }
 
@@ -344,6 +348,7 @@ impl Supervisor {
             done: std::cell::RefCell::new(done),
             targets,
             config: config.clone(),
+            admin,
             paths,
         }
     }
@@ -385,6 +390,12 @@ impl Supervisor {
             match req {
                 ActionRequest::Action(name, action, reply) => {
                     let _ = reply.send(self.act(&name, action));
+                }
+                ActionRequest::Inspect(name, reply) => {
+                    let _ = reply.send(match self.inspect(&name) {
+                        Ok(i) => Response::Inspect(Box::new(i)),
+                        Err(message) => Response::Error { message },
+                    });
                 }
                 ActionRequest::Store(request, reply) => {
                     let images = self.paths.images.clone();
@@ -448,6 +459,84 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// `inspect`: the config entry, the state and the runtime spec of a
+    /// container (`NAME`, `POD/NAME`) or of a pod's containers (`POD`).
+    pub fn inspect(&self, name: &str) -> Result<atoll_common::api::Inspection, String> {
+        fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
+            // The config's types serialize to JSON as they parse from TOML.
+            serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+        }
+        let (kind, entry, members): (&str, serde_json::Value, Vec<(Option<&str>, &str)>) =
+            if let Some(c) = self
+                .config
+                .containers
+                .iter()
+                .chain(self.admin.as_ref())
+                .find(|c| c.name == name)
+            {
+                ("container", to_json(c), vec![(None, c.name.as_str())])
+            } else if let Some(p) = self.config.pods.iter().find(|p| p.name == name) {
+                let members = p
+                    .init_containers
+                    .iter()
+                    .chain(&p.containers)
+                    .map(|c| (Some(p.name.as_str()), c.name.as_str()))
+                    .collect();
+                ("pod", to_json(p), members)
+            } else if let Some((p, c)) = name.split_once('/').and_then(|(pod, c)| {
+                let p = self.config.pods.iter().find(|p| p.name == pod)?;
+                let c = p
+                    .init_containers
+                    .iter()
+                    .chain(&p.containers)
+                    .find(|x| x.name == c)?;
+                Some((p, c))
+            }) {
+                (
+                    "container",
+                    to_json(c),
+                    vec![(Some(p.name.as_str()), c.name.as_str())],
+                )
+            } else {
+                let known: Vec<&str> = self.controls.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "no container or pod named {name:?} in the config (known: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            };
+        let table = lock(&self.table);
+        let containers = members
+            .iter()
+            .filter_map(|(pod, c)| {
+                table
+                    .iter()
+                    .find(|s| s.pod.as_deref() == *pod && s.name == *c)
+                    .cloned()
+            })
+            .collect();
+        let targets = self.targets.borrow();
+        let specs = members
+            .iter()
+            .filter_map(|(pod, c)| {
+                let id = pod.map_or_else(|| c.to_string(), |p| format!("{p}.{c}"));
+                let label = pod.map_or_else(|| c.to_string(), |p| format!("{p}/{c}"));
+                let spec = serde_json::to_value(&targets.get(&id)?.spec).ok()?;
+                Some((label, spec))
+            })
+            .collect();
+        Ok(atoll_common::api::Inspection {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            containers,
+            config: entry,
+            specs,
+        })
     }
 
     /// For the boot assessment of a trial boot: waits until every container
@@ -571,7 +660,7 @@ pub(crate) struct Task {
     /// See [`Launch::id`].
     pub(crate) id: String,
     /// The pod sandbox to join.
-    pub(crate) sandbox: Option<(i32, bool)>,
+    pub(crate) sandbox: Option<SandboxRef>,
     pub(crate) net: Rc<net::NetSlot>,
     pub(crate) spec: Container,
     pub(crate) paths: Rc<Paths>,
@@ -901,7 +990,7 @@ impl Task {
     async fn start(&mut self) -> Result<Running, String> {
         let mut launch = Launch {
             id: self.id.clone(),
-            sandbox: self.sandbox,
+            sandbox: self.sandbox.clone(),
             bridge: None,
             mounts: self.mounts.clone(),
             verified: None,
@@ -1056,15 +1145,24 @@ where
     }
 }
 
+/// A pod sandbox, for its containers to join.
+#[derive(Debug, Clone)]
+pub(crate) struct SandboxRef {
+    pub pid: i32,
+    /// The pod uses the host's network.
+    pub host_network: bool,
+    /// The pod's hostname (its name).
+    pub hostname: String,
+}
+
 /// How a container is launched, beyond its config entry.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Launch {
     /// Unique: its cgroup's and state directory's name, and its log name
     /// (`NAME`, or `POD.NAME` for a pod's container).
     pub id: String,
-    /// Join this pod sandbox's namespaces (pid; whether the pod uses the
-    /// host's network).
-    pub sandbox: Option<(i32, bool)>,
+    /// Join this pod sandbox's namespaces.
+    pub sandbox: Option<SandboxRef>,
     /// Connect its own network namespace to this bridge.
     pub bridge: Option<Arc<atoll_runtime::network::Bridge>>,
     /// Host paths mounted in besides its volumes (the admin container's).
@@ -1098,8 +1196,13 @@ fn start_blocking(c: &Container, paths: &Paths, launch: &Launch) -> Result<Start
             ));
         }
     }
-    if let Some((pid, host_network)) = launch.sandbox {
-        atoll_runtime::run::sandbox::join(&mut prepared.spec, pid, host_network);
+    if let Some(sb) = &launch.sandbox {
+        atoll_runtime::run::sandbox::join(
+            &mut prepared.spec,
+            sb.pid,
+            sb.host_network,
+            &sb.hostname,
+        );
     }
     prepared.spec.mounts.extend(launch.mounts.iter().cloned());
     // A cgroup left by an earlier run of this container (its processes are gone).

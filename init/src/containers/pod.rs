@@ -89,7 +89,11 @@ impl PodTask {
         Task {
             index,
             id: format!("{}.{}", self.pod.name, spec.name),
-            sandbox: Some((sandbox.pid, host)),
+            sandbox: Some(super::SandboxRef {
+                pid: sandbox.pid,
+                host_network: host,
+                hostname: self.pod.name.clone(),
+            }),
             net: self.net.clone(),
             spec,
             paths: self.paths.clone(),

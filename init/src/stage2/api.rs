@@ -404,6 +404,21 @@ where
                 )
                 .await
             }
+            Request::Inspect { name } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let req = crate::containers::ActionRequest::Inspect(name, tx);
+                let answer = match ctx.container_actions.send(req) {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Response::Error {
+                        message: "the container supervisor is not running".into(),
+                    }),
+                    Err(_) => Response::Error {
+                        message: "the container supervisor is not running yet".into(),
+                    },
+                };
+                let error = matches!(answer, Response::Error { .. });
+                send(&mut writer, &answer).await
+                    && (error || send(&mut writer, &Response::Done).await)
+            }
             Request::ContainerAction { name, action } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let req = crate::containers::ActionRequest::Action(name, action, tx);

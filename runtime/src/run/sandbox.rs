@@ -50,9 +50,11 @@ fn proc_ns(kind: NamespaceType) -> &'static str {
 }
 
 /// Makes `spec` join the sandbox `pid`'s network, IPC and UTS namespaces
-/// (and not set a hostname of its own). `host_network`: the pod uses the
-/// host's network, so the network namespace is left out entirely.
-pub fn join(spec: &mut Spec, pid: i32, host_network: bool) {
+/// (and not set a hostname of its own: the sandbox's is `hostname`, which
+/// `HOSTNAME` in the environment then says too, unless set otherwise).
+/// `host_network`: the pod uses the host's network, so the network
+/// namespace is left out entirely.
+pub fn join(spec: &mut Spec, pid: i32, host_network: bool, hostname: &str) {
     spec.linux
         .namespaces
         .retain(|ns| !SHARED.contains(&ns.kind));
@@ -65,7 +67,14 @@ pub fn join(spec: &mut Spec, pid: i32, host_network: bool) {
             path: Some(PathBuf::from(format!("/proc/{pid}/ns/{}", proc_ns(kind)))),
         });
     }
-    spec.hostname = None;
+    if let Some(own) = spec.hostname.take() {
+        let was = format!("HOSTNAME={own}");
+        for e in &mut spec.process.env {
+            if *e == was {
+                *e = format!("HOSTNAME={hostname}");
+            }
+        }
+    }
 }
 
 /// Forks the sandbox. Returns its pid once it has set up (or the error it
@@ -168,8 +177,10 @@ mod tests {
                 "hostname":"c","linux":{"namespaces":[{"type":"pid"},{"type":"network"},{"type":"uts"},{"type":"mount"},{"type":"ipc"}]}}"#,
         )
         .unwrap();
-        join(&mut spec, 42, false);
+        spec.process.env = vec!["HOSTNAME=c".into(), "A=HOSTNAME=c".into()];
+        join(&mut spec, 42, false, "pod");
         assert_eq!(spec.hostname, None);
+        assert_eq!(spec.process.env, ["HOSTNAME=pod", "A=HOSTNAME=c"]);
         let ns: Vec<(NamespaceType, Option<String>)> = spec
             .linux
             .namespaces
@@ -181,7 +192,7 @@ mod tests {
         assert!(ns.contains(&(NamespaceType::Network, Some("/proc/42/ns/net".into()))));
         assert!(ns.contains(&(NamespaceType::Ipc, Some("/proc/42/ns/ipc".into()))));
         assert!(ns.contains(&(NamespaceType::Uts, Some("/proc/42/ns/uts".into()))));
-        join(&mut spec, 42, true);
+        join(&mut spec, 42, true, "pod");
         assert!(!spec.linux.has_namespace(NamespaceType::Network));
     }
 
