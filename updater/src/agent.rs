@@ -359,6 +359,9 @@ impl Agent {
             booted,
             state.after_boot(booted, &boot, &self.config.boot_id, now),
         );
+        if state.forget_download_into(booted) {
+            log::info!("slot {booted} runs: its download is over");
+        }
         if !boot.slot(booted).good {
             log::info!("slot {booted} runs {running} on trial: no update until it is marked good");
             return Ok(CheckOutcome::OnTrial { version: running });
@@ -392,8 +395,9 @@ impl Agent {
         let version = release.version;
         if let Some(p) = &state.pending {
             if p.slot == other && p.version >= version {
-                log::debug!("{} is installed in slot {other} already", p.version);
-                return Ok(self.due(p.version, now));
+                let installed = p.version;
+                log::debug!("{installed} is installed in slot {other} already");
+                return Ok(self.due_noted(state, installed, now));
             }
         }
 
@@ -438,6 +442,7 @@ impl Agent {
                     slot: other,
                     installed_at: now,
                     boot_id: self.config.boot_id.clone(),
+                    reboot_at: None,
                 });
                 let resumed = if done.resumed_from > 0 {
                     format!(", resumed at byte {}", done.resumed_from)
@@ -451,7 +456,7 @@ impl Agent {
                         done.downloaded
                     ),
                 );
-                Ok(self.due(version, now))
+                Ok(self.due_noted(state, version, now))
             }
             Err(source) if source.is_resumable() => Err(AgentError::Interrupted {
                 name: name.into(),
@@ -502,14 +507,45 @@ impl Agent {
         let boot = self.config.boot.state()?;
         let outcome = state.after_boot(booted, &boot, &self.config.boot_id, now);
         log_boot_outcome(booted, outcome.clone());
-        if matches!(
-            outcome,
-            BootOutcome::Updated(_) | BootOutcome::RolledBack(_)
-        ) {
+        let forgotten = state.forget_download_into(booted);
+        if forgotten {
+            log::info!("slot {booted} runs: its download is over");
+        }
+        if forgotten
+            || matches!(
+                outcome,
+                BootOutcome::Updated(_) | BootOutcome::RolledBack(_)
+            )
+        {
             state.slots.set(booted, Some(self.config.running_version));
             state.save(&self.state_path())?;
         }
         Ok(outcome)
+    }
+
+    /// [`Agent::due`], kept in the pending release (`reboot_at`, shown
+    /// by the status) with a history line when the reboot waits for a
+    /// maintenance window that was not noted yet.
+    fn due_noted(&self, state: &mut AgentState, version: Version, now: Time) -> CheckOutcome {
+        let outcome = self.due(version, now);
+        let at = match &outcome {
+            CheckOutcome::RebootAt { at, .. } => Some(*at),
+            _ => None,
+        };
+        let mut noted = false;
+        if let Some(p) = state.pending.as_mut().filter(|p| p.version == version) {
+            noted = p.reboot_at != at;
+            p.reboot_at = at;
+        }
+        if let (true, Some(at)) = (noted, at) {
+            state.record(
+                now,
+                format!(
+                    "{version} is installed; the reboot waits for the maintenance window at {at}"
+                ),
+            );
+        }
+        outcome
     }
 
     /// When to reboot into `version`, installed in the other slot.
@@ -555,9 +591,24 @@ impl Agent {
             let now = (self.config.now)();
             if let Some((at, reason)) = &due {
                 if *at <= now {
-                    log::info!("maintenance window open: rebooting for the {reason}");
-                    reboot(reason.clone());
-                    return Ok(());
+                    match &self.window {
+                        // The clock jumped or the agent stalled past the
+                        // whole window: wait for the next one.
+                        Some(w) if !policy::window_open(now, w) => {
+                            let next = policy::next_window(now, w);
+                            log::warn!(
+                                "the maintenance window at {at} closed before the reboot for the \
+                                 {reason}; rebooting at {next}"
+                            );
+                            due = Some((next, reason.clone()));
+                            continue;
+                        }
+                        _ => {
+                            log::info!("maintenance window open: rebooting for the {reason}");
+                            reboot(reason.clone());
+                            return Ok(());
+                        }
+                    }
                 }
             }
             if now >= next_check {

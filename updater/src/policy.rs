@@ -284,6 +284,11 @@ pub fn next_window(now: Time, window: &Window) -> Time {
     now
 }
 
+/// Whether a maintenance window is open at `now`.
+pub fn window_open(now: Time, window: &Window) -> bool {
+    next_window(now, window) <= now
+}
+
 #[cfg(test)]
 mod tests {
     use crate::metadata::Hashes;
@@ -506,6 +511,37 @@ mod tests {
             next_window(t("2026-02-28T22:00:00Z"), &w),
             t("2026-02-28T23:00:00Z")
         );
+    }
+
+    #[test]
+    fn window_open_at_minute_boundaries_and_across_midnight() {
+        // Every day at 23:59 for 2 minutes: open from 23:59:00 to
+        // 00:00:59 the next day, in UTC and at +01:00.
+        let w = window(&[], "23:59", 2, 0);
+        assert!(!window_open(t("2026-03-01T23:58:59Z"), &w));
+        assert_eq!(
+            next_window(t("2026-03-01T23:58:59Z"), &w),
+            t("2026-03-01T23:59:00Z")
+        );
+        assert!(window_open(t("2026-03-01T23:59:00Z"), &w));
+        assert!(window_open(t("2026-03-02T00:00:59Z"), &w));
+        assert!(!window_open(t("2026-03-02T00:01:00Z"), &w));
+        assert_eq!(
+            next_window(t("2026-03-02T00:01:00Z"), &w),
+            t("2026-03-02T23:59:00Z")
+        );
+        // 00:01 tomorrow, asked at 23:59:30 today (the test's case when it
+        // runs just before midnight): the next day's window, not a week on.
+        let w = window(&[Weekday::Mon], "00:01", 10, 0);
+        // 2026-03-01 is a Sunday.
+        assert_eq!(
+            next_window(t("2026-03-01T23:59:30Z"), &w),
+            t("2026-03-02T00:01:00Z")
+        );
+        let east = window(&[], "00:30", 60, 60);
+        // 23:45 UTC is 00:45 at +01:00: open.
+        assert!(window_open(t("2026-03-01T23:45:00Z"), &east));
+        assert!(!window_open(t("2026-03-02T00:30:00Z"), &east));
     }
 
     #[test]

@@ -110,6 +110,11 @@ pub struct Pending {
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) when it
     /// was installed: the same id means no reboot yet.
     pub boot_id: String,
+    /// With the `window` strategy: when the reboot into it is due (the
+    /// next maintenance window's start); `None` when it is due now or the
+    /// strategy does not reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_at: Option<Time>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +287,21 @@ impl AgentState {
     }
 }
 
+impl AgentState {
+    /// Forgets a download into `booted`, the slot the host runs from: it
+    /// is over (a power cut after the slot was offered and before the
+    /// state was saved boots the written slot with the download still
+    /// recorded), and nothing is ever written into the booted slot.
+    /// Whether there was one.
+    pub fn forget_download_into(&mut self, booted: Slot) -> bool {
+        if self.download.as_ref().is_some_and(|d| d.slot == booted) {
+            self.download = None;
+            return true;
+        }
+        false
+    }
+}
+
 /// Writes `path` through `path.tmp`: write, fsync, rename, fsync the
 /// directory. Creates the directory if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
@@ -396,6 +416,7 @@ mod tests {
                 slot: Slot::B,
                 installed_at: t("2026-01-01T00:00:00Z"),
                 boot_id: "boot-1".into(),
+                reboot_at: None,
             }),
             ..AgentState::default()
         }
@@ -420,6 +441,37 @@ mod tests {
             state.after_boot(Slot::A, &boot, "boot-3", now),
             BootOutcome::Nothing
         );
+    }
+
+    #[test]
+    fn a_download_into_the_booted_slot_is_forgotten() {
+        let download = Download {
+            name: "atoll-0.2.0.slot.zst".into(),
+            version: v("0.2.0"),
+            slot: Slot::B,
+            done: 100,
+            total: 100,
+        };
+        let mut state = AgentState {
+            download: Some(download.clone()),
+            ..AgentState::default()
+        };
+        // Still writing into B while A runs: kept.
+        assert!(!state.forget_download_into(Slot::A));
+        assert_eq!(state.download.as_ref(), Some(&download));
+        // B runs: the download into it is over.
+        assert!(state.forget_download_into(Slot::B));
+        assert!(state.download.is_none());
+        assert!(!state.forget_download_into(Slot::B));
+    }
+
+    #[test]
+    fn pending_without_reboot_at_still_loads() {
+        // A state written before `reboot_at` existed.
+        let json = r#"{"pending": {"version": "0.2.0", "slot": "B",
+            "installed_at": "2026-01-01T00:00:00Z", "boot_id": "b"}}"#;
+        let state: AgentState = serde_json::from_str(json).unwrap();
+        assert_eq!(state.pending.unwrap().reboot_at, None);
     }
 
     #[test]
