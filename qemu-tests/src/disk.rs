@@ -302,6 +302,167 @@ impl FatImage {
     }
 }
 
+/// The ext4 file system on DATA inside a raw image (at [`DATA_OFFSET`]),
+/// reached with e2fsprogs (`debugfs`, `e2fsck`) through their `?offset=`
+/// device option: no root or loop device. Paths are inside the file
+/// system (`/lib/atoll/…` is the host's `/var/lib/atoll/…`).
+#[derive(Debug, Clone)]
+pub struct Ext4Image {
+    image: PathBuf,
+    offset: u64,
+}
+
+impl Ext4Image {
+    pub fn new(image: &Path, offset: u64) -> Self {
+        Self {
+            image: image.to_path_buf(),
+            offset,
+        }
+    }
+
+    /// DATA of a raw Atoll disk image.
+    pub fn data(image: &Path) -> Self {
+        Self::new(image, DATA_OFFSET)
+    }
+
+    fn device(&self) -> std::ffi::OsString {
+        let mut s = self.image.as_os_str().to_os_string();
+        s.push(format!("?offset={}", self.offset));
+        s
+    }
+
+    /// Replays the journal and checks the file system (`e2fsck -fy`), as
+    /// the kernel would replay it at the next mount: what a power cut left
+    /// in the journal is then in place for [`Ext4Image::read`]. e2fsck
+    /// re-opens the file system after a replay without the `?offset=`
+    /// option, so it runs on a copy of the file system's bytes, which is
+    /// written back. Fails if e2fsck finds errors it cannot correct (exit
+    /// status above 1).
+    pub fn replay_journal(&self) -> Result<(), DiskError> {
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.image)
+            .map_err(io(&self.image))?;
+        let mut sb = [0u8; 1024];
+        image
+            .read_exact_at(&mut sb, self.offset + 1024)
+            .map_err(io(&self.image))?;
+        let le32 = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+        if sb[0x38..0x3a] != [0x53, 0xef] {
+            return Err(DiskError::BuildInfo {
+                path: self.image.clone(),
+                reason: format!("no ext4 superblock at byte {}", self.offset + 1024),
+            });
+        }
+        let block = 1024u64 << le32(24).min(6);
+        let incompat_64bit = le32(0x60) & 0x80 != 0;
+        let high = if incompat_64bit {
+            u64::from(le32(0x150))
+        } else {
+            0
+        };
+        let size = (high << 32 | u64::from(le32(4))) * block;
+        let scratch = tempfile::Builder::new()
+            .prefix("atoll-ext4-")
+            .tempfile()
+            .map_err(io(&std::env::temp_dir()))?;
+        let copy = |from: &std::fs::File, from_at: u64, to: &std::fs::File, to_at: u64| {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut done = 0;
+            while done < size {
+                let n = (size - done).min(buf.len() as u64) as usize;
+                from.read_exact_at(&mut buf[..n], from_at + done)?;
+                // Holes stay holes in the scratch copy.
+                if buf[..n].iter().any(|b| *b != 0) || to_at != 0 {
+                    to.write_all_at(&buf[..n], to_at + done)?;
+                }
+                done += n as u64;
+            }
+            to.set_len(to.metadata()?.len().max(to_at + size))?;
+            to.sync_all()
+        };
+        copy(&image, self.offset, scratch.as_file(), 0).map_err(io(scratch.path()))?;
+        let out = Command::new("e2fsck")
+            .args(["-f".as_ref(), "-y".as_ref(), scratch.path().as_os_str()])
+            .output()
+            .map_err(|source| DiskError::Spawn {
+                tool: "e2fsck".into(),
+                source,
+            })?;
+        if !matches!(out.status.code(), Some(0 | 1)) {
+            return Err(DiskError::Tool {
+                command: format!("e2fsck -f -y {}", scratch.path().display()),
+                status: out.status,
+                stderr: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        copy(scratch.as_file(), 0, &image, self.offset).map_err(io(&self.image))
+    }
+
+    fn debugfs(&self, write: bool, request: &str) -> Result<Vec<u8>, DiskError> {
+        let dev = self.device();
+        let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+        if write {
+            args.push("-w".as_ref());
+        }
+        args.extend(["-R".as_ref(), request.as_ref(), dev.as_os_str()]);
+        run("debugfs", &args)
+    }
+
+    /// Whether `path` exists.
+    pub fn exists(&self, path: &str) -> Result<bool, DiskError> {
+        // debugfs reports a missing file on stderr and still exits 0.
+        let out = self.debugfs(false, &format!("stat {path}"))?;
+        Ok(String::from_utf8_lossy(&out).contains("Inode:"))
+    }
+
+    /// The bytes of the file at `path`; an error if it does not exist.
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, DiskError> {
+        if !self.exists(path)? {
+            return Err(DiskError::Io {
+                path: PathBuf::from(format!("{}: {path}", self.image.display())),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        self.debugfs(false, &format!("cat {path}"))
+    }
+
+    /// Removes `path` if it exists.
+    pub fn remove(&self, path: &str) -> Result<(), DiskError> {
+        if self.exists(path)? {
+            self.debugfs(true, &format!("rm {path}"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the file at `path` (in an existing directory) with `bytes`.
+    pub fn write(&self, path: &str, bytes: &[u8]) -> Result<(), DiskError> {
+        let scratch = tempfile::NamedTempFile::new().map_err(io(&std::env::temp_dir()))?;
+        std::fs::write(scratch.path(), bytes).map_err(io(scratch.path()))?;
+        self.remove(path)?;
+        let local = scratch.path().to_string_lossy();
+        if local.contains(char::is_whitespace) {
+            return Err(DiskError::Io {
+                path: scratch.path().to_path_buf(),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
+        }
+        self.debugfs(true, &format!("write {local} {path}"))?;
+        if !self.exists(path)? {
+            return Err(DiskError::Io {
+                path: PathBuf::from(format!("{}: {path}", self.image.display())),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The raw bytes of a grubenv file on the ESP of `image`.
 pub fn read_grubenv_bytes(image: &Path, which: EnvFile) -> Result<Vec<u8>, DiskError> {
     FatImage::esp(image).read(which.esp_path())
