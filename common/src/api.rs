@@ -15,7 +15,7 @@ use crate::layout::Slot;
 /// Longest request line the server reads; longer ones are refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum Request {
     /// Host status.
@@ -100,6 +100,17 @@ pub enum Request {
     /// Everything about one of the config's containers or pods (`NAME`,
     /// `POD` or `POD/NAME`). The answer: [`Response::Inspect`].
     Inspect { name: String },
+    /// Run a container that is not in the config (`atollctl run`): once,
+    /// never restarted, its writable layer removed when it exits, gone at
+    /// the next boot. The entry is checked as a config entry would be
+    /// (an empty name gets one made up). The answer: a
+    /// [`Response::Message`] naming it, then (unless `detach`) its output
+    /// as `exec-output` and its end as `exec-exit`.
+    Run {
+        container: Box<crate::config::workload::Container>,
+        #[serde(default)]
+        detach: bool,
+    },
 }
 
 /// A terminal's size in character cells.

@@ -328,7 +328,7 @@ pub fn format_log(r: &LogRecord) -> String {
 }
 
 /// The subcommands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Status {
         json: bool,
@@ -376,6 +376,11 @@ pub enum Command {
     /// A container's or pod's config entry, state and runtime spec (JSON).
     Inspect {
         name: String,
+    },
+    /// `run`: a container outside the config, once.
+    Run {
+        container: Box<atoll_common::config::workload::Container>,
+        detach: bool,
     },
     /// `stop`, `start`, `restart` of a config container.
     Update {
@@ -618,6 +623,65 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// `atollctl run`'s options, before they become a config entry.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    pub name: Option<String>,
+    pub image: String,
+    pub entrypoint: Option<String>,
+    pub args: Vec<String>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub network: String,
+    pub volumes: Vec<String>,
+    pub ports: Vec<String>,
+    pub read_only: bool,
+    pub memory: Option<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+}
+
+impl RunSpec {
+    /// The `[[containers]]` entry these options make; the host checks it
+    /// further, as a config entry.
+    pub fn container(&self) -> Result<atoll_common::config::workload::Container, String> {
+        let mut env = serde_json::Map::new();
+        for e in &self.env {
+            let (k, v) = e
+                .split_once('=')
+                .ok_or_else(|| format!("--env {e:?}: expected KEY=VALUE"))?;
+            env.insert(k.to_string(), v.into());
+        }
+        let mut entry = serde_json::json!({
+            "name": self.name.clone().unwrap_or_default(),
+            "image": self.image,
+            "args": self.args,
+            "env": env,
+            "network": self.network,
+            "volumes": self.volumes,
+            "ports": self.ports,
+            "read_only": self.read_only,
+            "restart": "no",
+        });
+        let optional = [
+            ("memory", &self.memory),
+            ("user", &self.user),
+            ("workdir", &self.workdir),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                entry[key] = v.clone().into();
+            }
+        }
+        if let Some(e) = &self.entrypoint {
+            entry["command"] = serde_json::json!([e]);
+        }
+        let c = serde_json::from_value(entry).map_err(|e| e.to_string())?;
+        crate::containers::check_adhoc(&c)?;
+        Ok(c)
+    }
+}
+
 /// Runs a command against the API at `socket`; returns the exit code.
 pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
     if let Command::ConfigValidate { file } = &cmd {
@@ -784,6 +848,46 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
         }
         Command::ExecInteractive { name, args, tty } => {
             return interactive::exec(client, name, args, tty);
+        }
+        Command::Run { container, detach } => {
+            let mut code = None;
+            let mut lines = Vec::new();
+            client.call(&Request::Run { container, detach }, |r| {
+                match r {
+                    Response::Message { message } => lines.push(message),
+                    Response::ExecOutput { stream, data } => {
+                        // Like exec's: output that cannot be written is dropped.
+                        let _ = if stream == "stderr" {
+                            let mut e = std::io::stderr().lock();
+                            e.write_all(data.as_bytes()).and_then(|_| e.flush())
+                        } else {
+                            let mut o = stdout.lock();
+                            o.write_all(data.as_bytes()).and_then(|_| o.flush())
+                        };
+                    }
+                    Response::ExecExit { code: c, .. } => code = Some(c),
+                    _ => {}
+                }
+                true
+            })?;
+            // The first line names the container; any other says why it ended.
+            let mut lines = lines.into_iter();
+            let name = lines.next().unwrap_or_default();
+            if detach {
+                println!("{name}");
+                return Ok(exit::OK);
+            }
+            for why in lines {
+                eprintln!("atollctl: run: {why}");
+            }
+            return match code {
+                Some(Some(c)) => Ok(c.clamp(0, 255)),
+                Some(None) => {
+                    eprintln!("atollctl: run: {name} was stopped by the host's shutdown");
+                    Ok(exit::HOST_ERROR)
+                }
+                None => Err(CtlError::Unexpected("no exit status in the answer".into())),
+            };
         }
         Command::Inspect { name } => {
             let mut got = None;
@@ -956,6 +1060,47 @@ pub fn format_update_history(r: &UpdateReport) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn run_options_make_a_config_entry() {
+        use atoll_common::config::workload::NetworkMode;
+        let spec = RunSpec {
+            image: "busybox".into(),
+            entrypoint: Some("/bin/sh".into()),
+            args: vec!["-c".into(), "echo hi".into()],
+            env: vec!["A=1".into(), "B=x=y".into()],
+            network: "none".into(),
+            volumes: vec!["data:/data".into()],
+            read_only: true,
+            memory: Some("64M".into()),
+            ..RunSpec::default()
+        };
+        let c = spec.container().unwrap();
+        assert_eq!(c.name, "");
+        assert_eq!(c.command, ["/bin/sh"]);
+        assert_eq!(c.args, ["-c", "echo hi"]);
+        assert_eq!(c.env.get("B").map(String::as_str), Some("x=y"));
+        assert_eq!(c.network, NetworkMode::None);
+        assert!(c.read_only && c.memory.is_some() && c.volumes.len() == 1);
+
+        let bad_env = RunSpec {
+            env: vec!["NOEQUALS".into()],
+            ..spec.clone()
+        };
+        assert!(bad_env.container().unwrap_err().contains("KEY=VALUE"));
+        let bad_net = RunSpec {
+            network: "wifi".into(),
+            ..spec.clone()
+        };
+        assert!(bad_net.container().unwrap_err().contains("wifi"));
+        let bad_memory = RunSpec {
+            memory: Some("lots".into()),
+            ..spec
+        };
+        let e = bad_memory.container().unwrap_err();
+        assert!(e.contains("memory") && e.contains("lots"), "{e}");
+    }
+
     use super::*;
     use atoll_common::api::*;
     use atoll_common::layout::Slot;

@@ -231,6 +231,100 @@ fn interactive_exec(vm: &Vm) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+fn run_request(entry: serde_json::Value, detach: bool) -> Result<Request, Box<dyn Error>> {
+    Ok(Request::Run {
+        container: Box::new(serde_json::from_value(entry)?),
+        detach,
+    })
+}
+
+/// `atollctl run`: attached (output on both streams, the exit code, the
+/// writable layer gone), detached (in ps, stopped by name), and refusals
+/// (a name of the config, a name still running, a bad entry).
+fn adhoc_run(vm: &Vm) -> Result<(), Box<dyn Error>> {
+    let once = serde_json::json!({
+        "name": "once",
+        "image": "localhost/atoll/busybox:latest",
+        "network": "none",
+        "args": ["sh", "-c", "echo out; echo err >&2; exit 5"],
+    });
+    let answer = vm.api(&run_request(once, false)?)?;
+    let mut out = String::new();
+    let mut err = String::new();
+    let mut code = None;
+    for r in &answer {
+        match r {
+            Response::ExecOutput { stream, data } if stream == "stderr" => err.push_str(data),
+            Response::ExecOutput { data, .. } => out.push_str(data),
+            Response::ExecExit { code: c, .. } => code = *c,
+            _ => {}
+        }
+    }
+    vm.check(
+        matches!(answer.first(), Some(Response::Message { message }) if message == "once")
+            && out == "out\n"
+            && err == "err\n"
+            && code == Some(5),
+        || format!("run once: {answer:?}"),
+    )?;
+    let row = inspect(vm, "once")?;
+    vm.check(
+        row.containers
+            .first()
+            .is_some_and(|c| c.state == ContainerState::Exited && c.exit_code == Some(5)),
+        || format!("inspect once after it ran: {row:?}"),
+    )?;
+    // Its writable layer is gone: a second run starts from the image.
+    let again = serde_json::json!({
+        "name": "once",
+        "image": "localhost/atoll/busybox:latest",
+        "network": "none",
+        "args": ["sh", "-c", "test ! -e /mark && touch /mark"],
+    });
+    for _ in 0..2 {
+        let answer = vm.api(&run_request(again.clone(), false)?)?;
+        vm.check(
+            answer
+                .iter()
+                .any(|r| matches!(r, Response::ExecExit { code: Some(0), .. })),
+            || format!("a second run saw the first run's writes: {answer:?}"),
+        )?;
+    }
+
+    let bg = serde_json::json!({
+        "name": "bg",
+        "image": "localhost/atoll/busybox:latest",
+        "network": "none",
+        "args": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+    });
+    let answer = vm.api(&run_request(bg.clone(), true)?)?;
+    vm.check(
+        matches!(answer.as_slice(), [Response::Message { message }, Response::Done] if message == "bg"),
+        || format!("run -d bg: {answer:?}"),
+    )?;
+    wait_container(vm, "bg", "running", |c| c.state == ContainerState::Running)?;
+    let twice = vm.api(&run_request(bg, true)?)?;
+    let hello = serde_json::json!({"name": "hello", "image": "busybox"});
+    let clash = vm.api(&run_request(hello, true)?)?;
+    let bad = serde_json::json!({"image": "busybox", "memory": "lots"});
+    let invalid = vm.api(&run_request(bad, true)?)?;
+    for (what, answer, says) in [
+        ("a second bg", &twice, "already running"),
+        ("a run named hello", &clash, "of the config"),
+        ("memory = lots", &invalid, "lots"),
+    ] {
+        vm.check(
+            matches!(answer.last(), Some(Response::Error { message }) if message.contains(says)),
+            || format!("{what} should be refused ({says}): {answer:?}"),
+        )?;
+    }
+    action(vm, "bg", ContainerAction::Stop)?;
+    wait_container(vm, "bg", "exited after stop", |c| {
+        c.state != ContainerState::Running
+    })?;
+    Ok(())
+}
+
 /// A pod member's spec joins the pod's UTS namespace (by path).
 fn joins_the_pods_uts(spec: &serde_json::Value) -> bool {
     spec["linux"]["namespaces"].as_array().is_some_and(|ns| {
@@ -377,6 +471,8 @@ fn default_config_runs_hello_with_docker_isolation() -> TestResult {
         matches!(unknown.last(), Some(Response::Error { message }) if message.contains("known: hello")),
         || format!("inspect of an unknown name: {unknown:?}"),
     )?;
+
+    adhoc_run(&vm)?;
 
     // stop, start, restart.
     action(&vm, "hello", ContainerAction::Stop)?;

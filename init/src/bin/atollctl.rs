@@ -31,6 +31,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of `run`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Version, booted slot, boot time, slots, data, root, uptime.
@@ -95,6 +97,50 @@ enum Cmd {
     /// A container's or pod's (`NAME`, `POD`, `POD/NAME`) config entry with
     /// its defaults, its state, and the OCI runtime spec it runs with, as JSON.
     Inspect { name: String },
+    /// Run a container that is not in the config, once (never restarted;
+    /// its writable layer is removed when it exits; not started again at
+    /// boot). Prints its output and exits with its exit status; with -d
+    /// prints its name and leaves it running (`atollctl logs/stop NAME`).
+    Run {
+        /// Print the name and return; the container runs on.
+        #[arg(short, long)]
+        detach: bool,
+        /// Its name [default: run-XXXXXX].
+        #[arg(long)]
+        name: Option<String>,
+        /// none, host or bridge.
+        #[arg(long, default_value = "bridge")]
+        network: String,
+        /// KEY=VALUE in its environment (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// SRC:DST[:ro], SRC a path under /var or a volume name (repeatable).
+        #[arg(short, long = "volume", value_name = "SRC:DST")]
+        volume: Vec<String>,
+        /// HOST:CONTAINER[/udp] on the bridge (repeatable).
+        #[arg(short, long = "publish", value_name = "HOST:CONTAINER")]
+        publish: Vec<String>,
+        /// Its root file system read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Memory limit (512M, 1G).
+        #[arg(long)]
+        memory: Option<String>,
+        /// UID[:GID] or a user name from the image.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// The working directory.
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// Replaces the image's entrypoint.
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// The image (a reference as Docker parses it).
+        image: String,
+        /// Replace the image's command (CMD).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Stop a container (SIGTERM, SIGKILL after 10 s) until `start` or the next boot.
     Stop { name: String },
     /// Start a stopped or exited container.
@@ -232,6 +278,46 @@ fn main() -> ExitCode {
             timeout_ms: Some(timeout.saturating_mul(1000)),
         },
         Cmd::Inspect { name } => Command::Inspect { name },
+        Cmd::Run {
+            detach,
+            name,
+            network,
+            env,
+            volume,
+            publish,
+            read_only,
+            memory,
+            user,
+            workdir,
+            entrypoint,
+            image,
+            args,
+        } => {
+            let spec = atoll_init::ctl::RunSpec {
+                name,
+                image,
+                entrypoint,
+                args,
+                env,
+                network,
+                volumes: volume,
+                ports: publish,
+                read_only,
+                memory,
+                user,
+                workdir,
+            };
+            match spec.container() {
+                Ok(container) => Command::Run {
+                    container: Box::new(container),
+                    detach,
+                },
+                Err(e) => {
+                    eprintln!("atollctl: run: {e}");
+                    return ExitCode::from(atoll_init::ctl::exit::USAGE as u8);
+                }
+            }
+        }
         Cmd::Stop { name } => Command::Container {
             name,
             action: ContainerAction::Stop,

@@ -60,6 +60,10 @@ pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/atoll";
 /// The shared table `atollctl ps` reads.
 pub type Table = Arc<Mutex<Vec<ContainerStatus>>>;
 
+/// A `run` container's name and a receiver of its exit code (`None` when
+/// the host shut down first).
+pub type RunStarted = (String, oneshot::Receiver<Option<i32>>);
+
 /// A request from the API.
 #[derive(Debug)]
 pub enum ActionRequest {
@@ -76,6 +80,9 @@ pub enum ActionRequest {
         io: Option<exec::ExecIo>,
         reply: mpsc::UnboundedSender<atoll_common::api::Response>,
     },
+    /// `run`: the container's name and a receiver of its exit code (`None`
+    /// when the host shut down first), or why it cannot run.
+    Run(Box<Container>, oneshot::Sender<Result<RunStarted, String>>),
     /// `inspect`: answered with [`Response::Inspect`] or an error.
     Inspect(String, oneshot::Sender<atoll_common::api::Response>),
     /// `images`, `pull`, `rmi`, `prune`: answered with one response.
@@ -151,7 +158,7 @@ pub fn should_restart(c: &Container, code: i32, restarts: u32) -> bool {
 pub struct Supervisor {
     table: Table,
     /// By container name, pod name (all its containers) and `POD/NAME`.
-    controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>>,
+    controls: std::cell::RefCell<BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>>>,
     shutdown: watch::Sender<bool>,
     done: std::cell::RefCell<Vec<oneshot::Receiver<()>>>,
     targets: Targets,
@@ -159,7 +166,20 @@ pub struct Supervisor {
     config: Config,
     /// The admin container, when the config enables it.
     admin: Option<Container>,
+    /// `atollctl run`'s containers, by name.
+    adhoc: std::cell::RefCell<BTreeMap<String, Adhoc>>,
+    net: Rc<net::NetSlot>,
+    network: watch::Receiver<bool>,
     paths: Rc<Paths>,
+}
+
+/// A container started by `atollctl run`.
+#[derive(Debug)]
+struct Adhoc {
+    /// Its row in the table.
+    index: usize,
+    spec: Container,
+    running: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,12 +363,15 @@ impl Supervisor {
         }
         Self {
             table,
-            controls,
+            controls: std::cell::RefCell::new(controls),
             shutdown,
             done: std::cell::RefCell::new(done),
             targets,
             config: config.clone(),
             admin,
+            adhoc: std::cell::RefCell::default(),
+            net,
+            network,
             paths,
         }
     }
@@ -360,8 +383,9 @@ impl Supervisor {
 
     /// Carries out an API request.
     pub fn act(&self, name: &str, action: ContainerAction) -> Result<(), String> {
-        let txs = self.controls.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.controls.keys().map(String::as_str).collect();
+        let controls = self.controls.borrow();
+        let txs = controls.get(name).ok_or_else(|| {
+            let known: Vec<&str> = controls.keys().map(String::as_str).collect();
             format!(
                 "no container or pod named {name:?} in the config (known: {})",
                 if known.is_empty() {
@@ -391,6 +415,9 @@ impl Supervisor {
                 ActionRequest::Action(name, action, reply) => {
                     let _ = reply.send(self.act(&name, action));
                 }
+                ActionRequest::Run(container, reply) => {
+                    let _ = reply.send(self.run_adhoc(*container));
+                }
                 ActionRequest::Inspect(name, reply) => {
                     let _ = reply.send(match self.inspect(&name) {
                         Ok(i) => Response::Inspect(Box::new(i)),
@@ -419,7 +446,7 @@ impl Supervisor {
                     let id = name.replacen('/', ".", 1);
                     let target = self.targets.borrow().get(&id).cloned();
                     let Some(target) = target else {
-                        let known = self.controls.contains_key(&name);
+                        let known = self.controls.borrow().contains_key(&name);
                         let message = if known {
                             format!("container {name} is not running")
                         } else {
@@ -461,6 +488,105 @@ impl Supervisor {
         }
     }
 
+    /// `run`: starts `c` once, beside the config's containers, and hands
+    /// back its name and its exit. Checked as a config entry; it may not
+    /// take a name the config uses, nor one of a run still going.
+    fn run_adhoc(self: &Rc<Self>, mut c: Container) -> Result<RunStarted, String> {
+        if self.shutting_down() {
+            return Err("the host is shutting down".into());
+        }
+        if c.name.is_empty() {
+            c.name = adhoc_name();
+        }
+        if !c.depends_on.is_empty() {
+            return Err("a container started by run cannot depend on others".into());
+        }
+        // Never restarted: it runs once.
+        c.restart = RestartPolicy::No;
+        c.max_retries = None;
+        check_adhoc(&c)?;
+        let name = c.name.clone();
+        let mut adhoc = self.adhoc.borrow_mut();
+        if adhoc.get(&name).is_some_and(|a| a.running) {
+            return Err(format!("{name} is already running (atollctl stop {name})"));
+        }
+        // (The controls hold the running runs' names too.)
+        let in_config = !adhoc.contains_key(&name) && self.controls.borrow().contains_key(&name)
+            || self.admin.as_ref().is_some_and(|a| a.name == name);
+        if in_config {
+            return Err(format!("{name} is a container or pod of the config"));
+        }
+        // A name used before takes its old row again.
+        let index = {
+            let mut table = lock(&self.table);
+            match adhoc.get(&name) {
+                Some(a) => {
+                    if let Some(row) = table.get_mut(a.index) {
+                        *row = status_of(&c);
+                    }
+                    a.index
+                }
+                None => {
+                    table.push(status_of(&c));
+                    table.len() - 1
+                }
+            }
+        };
+        adhoc.insert(
+            name.clone(),
+            Adhoc {
+                index,
+                spec: c.clone(),
+                running: true,
+            },
+        );
+        drop(adhoc);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        self.controls
+            .borrow_mut()
+            .insert(name.clone(), vec![ctl_tx]);
+        let task = Task {
+            index,
+            id: name.clone(),
+            sandbox: None,
+            net: self.net.clone(),
+            spec: c,
+            paths: self.paths.clone(),
+            table: self.table.clone(),
+            up: watch::channel(false).0,
+            shutdown: self.shutdown.subscribe(),
+            control: ctl_rx,
+            one_shot: true,
+            targets: self.targets.clone(),
+            health: None,
+            mounts: Vec::new(),
+            network: self.network.clone(),
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        self.done.borrow_mut().push(done_rx);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let this = Rc::clone(self);
+        let id = name.clone();
+        log::info!("container {name}: started by atollctl run");
+        tokio::task::spawn_local(async move {
+            let code = task.run(Vec::new()).await;
+            // Its writable layer goes with it (as docker run --rm).
+            let dir = this.paths.containers.join(&id);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            this.controls.borrow_mut().remove(&id);
+            if let Some(a) = this.adhoc.borrow_mut().get_mut(&id) {
+                a.running = false;
+            }
+            let _ = exit_tx.send(code);
+            let _ = done_tx.send(());
+        });
+        Ok((name, exit_rx))
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// `inspect`: the config entry, the state and the runtime spec of a
     /// container (`NAME`, `POD/NAME`) or of a pod's containers (`POD`).
     pub fn inspect(&self, name: &str) -> Result<atoll_common::api::Inspection, String> {
@@ -499,8 +625,11 @@ impl Supervisor {
                     to_json(c),
                     vec![(Some(p.name.as_str()), c.name.as_str())],
                 )
+            } else if let Some(a) = self.adhoc.borrow().get(name) {
+                ("container", to_json(&a.spec), vec![(None, name)])
             } else {
-                let known: Vec<&str> = self.controls.keys().map(String::as_str).collect();
+                let controls = self.controls.borrow();
+                let known: Vec<&str> = controls.keys().map(String::as_str).collect();
                 return Err(format!(
                     "no container or pod named {name:?} in the config (known: {})",
                     if known.is_empty() {
@@ -588,6 +717,33 @@ impl Supervisor {
             let _ = d.await;
         }
     }
+}
+
+/// Checks a `run` container's entry as the config's entries are checked
+/// (an empty name stands for one to be made up); the problems in a line.
+pub fn check_adhoc(c: &Container) -> Result<(), String> {
+    let mut check = Config::default();
+    let mut c = c.clone();
+    if c.name.is_empty() {
+        c.name = "run".into();
+    }
+    check.containers.push(c);
+    check.validate().map_err(|errors| {
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| e.to_string().replacen("containers[0].", "", 1))
+            .collect();
+        text.join("; ")
+    })
+}
+
+/// A name for a `run` container that was given none: `run-` and six
+/// hex digits from the clock.
+fn adhoc_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("run-{:06x}", (nanos >> 10) & 0xff_ffff)
 }
 
 /// The admin container's name.
@@ -700,9 +856,11 @@ struct Running {
 /// How a run ended.
 enum Ended {
     Exited(Exit),
-    /// Stopped on request (`stop`), or `restart`.
+    /// Stopped on request (`stop`), or `restart`; the exit code if it
+    /// came.
     Stopped {
         restart: bool,
+        code: Option<i32>,
     },
     Shutdown,
 }
@@ -812,11 +970,20 @@ impl Task {
                     let started = running.started;
                     match self.watch(running).await {
                         Ended::Shutdown => return self.final_state(),
-                        Ended::Stopped { restart: true } => {
+                        Ended::Stopped { restart: true, .. } => {
                             backoff = Backoff::default();
                             continue;
                         }
-                        Ended::Stopped { restart: false } => {
+                        // A one-shot run ends there (`atollctl run`'s).
+                        Ended::Stopped {
+                            restart: false,
+                            code,
+                        } if self.one_shot => {
+                            let _ = self.up.send(false);
+                            self.set(|s| s.exit_code = code);
+                            return code;
+                        }
+                        Ended::Stopped { restart: false, .. } => {
                             if !self.wait_for_start().await {
                                 return self.final_state();
                             }
@@ -1079,18 +1246,24 @@ impl Task {
                 c = self.next_control() => match c {
                     Control::Stop => {
                         self.state(ContainerState::Running, "stopping");
-                        stop(self.name(), pid, &cgroup, &mut exit).await;
+                        let code = stop(self.name(), pid, &cgroup, &mut exit).await;
                         self.set(|s| {
                             s.state = ContainerState::Stopped;
                             s.detail = "stopped on request".into();
                             s.pid = None;
                         });
-                        break Ended::Stopped { restart: false };
+                        break Ended::Stopped {
+                            restart: false,
+                            code: code.map(exit_code),
+                        };
                     }
                     Control::Restart => {
                         self.state(ContainerState::Running, "restarting");
                         stop(self.name(), pid, &cgroup, &mut exit).await;
-                        break Ended::Stopped { restart: true };
+                        break Ended::Stopped {
+                            restart: true,
+                            code: None,
+                        };
                     }
                     Control::Start => {}
                 }
@@ -1118,19 +1291,21 @@ impl Task {
 }
 
 /// SIGTERM to the container's init; SIGKILL to its whole cgroup after
-/// [`STOP_GRACE`]; then waits for the exit.
-async fn stop<F>(name: &str, pid: u32, cgroup: &Cgroup, exit: &mut std::pin::Pin<Box<F>>)
+/// [`STOP_GRACE`]; then waits for the exit (returned, if it came).
+async fn stop<F>(
+    name: &str,
+    pid: u32,
+    cgroup: &Cgroup,
+    exit: &mut std::pin::Pin<Box<F>>,
+) -> Option<Exit>
 where
     F: std::future::Future<Output = Option<Exit>>,
 {
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-    if tokio::time::timeout(STOP_GRACE, exit.as_mut())
-        .await
-        .is_ok()
-    {
+    if let Ok(e) = tokio::time::timeout(STOP_GRACE, exit.as_mut()).await {
         log::info!("container {name}: stopped");
-        return;
+        return e;
     }
     log::warn!(
         "container {name}: still running {} s after SIGTERM; killing it",
@@ -1140,8 +1315,14 @@ where
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     }
     match tokio::time::timeout(Duration::from_secs(5), exit.as_mut()).await {
-        Ok(_) => log::info!("container {name}: killed"),
-        Err(_) => log::error!("container {name}: still not gone 5 s after SIGKILL"),
+        Ok(e) => {
+            log::info!("container {name}: killed");
+            e
+        }
+        Err(_) => {
+            log::error!("container {name}: still not gone 5 s after SIGKILL");
+            None
+        }
     }
 }
 

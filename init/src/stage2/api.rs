@@ -119,6 +119,88 @@ async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Line {
     }
 }
 
+/// `run`: starts the container, names it, and unless `detach` sends its
+/// output (from the log hub) until it exits.
+async fn run<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    ctx: &ApiContext,
+    container: Box<atoll_common::config::workload::Container>,
+    detach: bool,
+) -> bool {
+    // Subscribed first, so that no line falls between the start and here.
+    let mut logs = ctx.hub.subscribe();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = crate::containers::ActionRequest::Run(container, tx);
+    let started = match ctx.container_actions.send(req) {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err("the container supervisor is not running".into())),
+        Err(_) => Err("the container supervisor is not running yet".into()),
+    };
+    let (name, mut exit) = match started {
+        Ok(s) => s,
+        Err(message) => return send(writer, &Response::Error { message }).await,
+    };
+    let named = Response::Message {
+        message: name.clone(),
+    };
+    if !send(writer, &named).await {
+        return false;
+    }
+    if detach {
+        return send(writer, &Response::Done).await;
+    }
+    let output = |r: &LogRecord| -> Option<Response> {
+        let stream = r.stream.clone()?;
+        (r.ident == name).then(|| Response::ExecOutput {
+            stream,
+            data: format!("{}\n", r.message),
+        })
+    };
+    let code = loop {
+        tokio::select! {
+            rec = logs.recv() => match rec {
+                Ok(r) => {
+                    if let Some(out) = output(&r) {
+                        if !send(writer, &out).await {
+                            return false;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    log::warn!("run {name}: {n} log records lost for the client");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
+            code = &mut exit => break code.ok().flatten(),
+        }
+    };
+    // Its last lines may still be on their way from its pipes.
+    while let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(200), logs.recv()).await {
+        if let Some(out) = output(&r) {
+            if !send(writer, &out).await {
+                return false;
+            }
+        }
+    }
+    let why = lock_clone(&ctx.containers)
+        .into_iter()
+        .find(|c| c.name == name && c.pod.is_none())
+        .map(|c| c.detail)
+        .unwrap_or_default();
+    if code.is_none() || code == Some(127) {
+        let message = format!("{name}: {why}");
+        if !send(writer, &Response::Message { message }).await {
+            return false;
+        }
+    }
+    let end = Response::ExecExit {
+        code,
+        timed_out: false,
+    };
+    send(writer, &end).await && send(writer, &Response::Done).await
+}
+
 /// The terms of an interactive exec.
 struct Interactive<'a> {
     tty: bool,
@@ -404,6 +486,7 @@ where
                 )
                 .await
             }
+            Request::Run { container, detach } => run(&mut writer, ctx, container, detach).await,
             Request::Inspect { name } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let req = crate::containers::ActionRequest::Inspect(name, tx);
