@@ -15,12 +15,13 @@
 //! The payload is the slot image compressed with zstd, level 3, as a
 //! sequence of independent frames of [`FRAME_SLOT_BYTES`] (4 MiB) of slot
 //! each, so that a host's install resumes an interrupted download at a
-//! frame boundary (the overhead is measured there). Today's
-//! slot is an xz squashfs, so compression gains almost nothing: of the
-//! 22,458,368-byte slot, zstd -3 leaves 22,361,968 bytes (0.4% less, in
+//! frame boundary (the overhead is measured there). The slot is an xz
+//! squashfs, so compression gains almost nothing: measured when the slot
+//! was 22,458,368 bytes, zstd -3 left 22,361,968 bytes (0.4% less, in
 //! 0.24 s), zstd -19 22,287,742 (0.8%, in 11 s), xz -6 22,285,512 (17 s),
-//! gzip -9 22,307,469. Level 3 keeps a release fast for 74 KB more than
-//! the best; the payload is far under the 40 MB budget either way. zstd
+//! gzip -9 22,307,469; today's payload is 32.3 MB (docs/BENCHMARKS.md,
+//! "Updates"), still under the 40 MB budget. Level 3 keeps a release fast
+//! for a fraction of a percent more than the best. zstd
 //! stays because it costs the host nothing (it decodes at hundreds of MB/s
 //! while streaming, and its frame checksum is one more check) and it pays
 //! off as soon as the slot holds less compressed data (an erofs or
@@ -445,8 +446,8 @@ const ZSTD_LEVEL: i32 = 3;
 /// last frame boundary it checkpointed instead of byte 0
 /// (`atoll_updater::install`). Frames cost a little compression: each
 /// starts with an empty window and carries a header and a checksum.
-/// Measured with this code (zstd 1.5.7, level 3): today's 22,450,176-byte
-/// slot (an xz squashfs) gives 22,357,901 bytes in 6 frames against
+/// Measured with this code (zstd 1.5.7, level 3) on a 22,450,176-byte
+/// slot (an xz squashfs; the slot has grown since) gives 22,357,901 bytes in 6 frames against
 /// 22,356,430 as one frame, 1,471 bytes (0.007%) more. An uncompressed
 /// tar of the same root tree (38,666,240 bytes, what an uncompressed root
 /// would hold) gives 22,924,236 against 22,876,355 as one frame: 0.21%
