@@ -216,6 +216,10 @@ pub struct UpdatePending {
     /// RFC 3339, UTC.
     pub installed_at: String,
     pub boot_id: String,
+    /// With the `window` strategy: when the reboot into it is due (the
+    /// next maintenance window's start; RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_at: Option<String>,
 }
 
 /// Why a release is on the bad list (it is never installed again by the agent).

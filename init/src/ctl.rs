@@ -1025,8 +1025,12 @@ pub fn format_update(r: &UpdateReport) -> String {
         ));
     }
     if let Some(p) = &s.pending {
+        let when = match &p.reboot_at {
+            Some(t) => format!("the host reboots into it at {t} (maintenance window)"),
+            None => "boots at the next reboot".to_string(),
+        };
         out.push_str(&format!(
-            "installed: {} in slot {} at {}, boots at the next reboot\n",
+            "installed: {} in slot {} at {}, {when}\n",
             p.version, p.slot, p.installed_at
         ));
     }
@@ -1202,6 +1206,24 @@ mod tests {
         assert_eq!(
             format_update_history(&r),
             "2026-03-01T00:00:00Z  0.2.0 rolled back\n"
+        );
+        let mut waiting = r.clone();
+        if let Some(s) = waiting.status.as_mut() {
+            s.pending = Some(atoll_common::api::UpdatePending {
+                version: "0.3.0".into(),
+                slot: Slot::B,
+                installed_at: "2026-03-02T01:00:00Z".into(),
+                boot_id: "b".into(),
+                reboot_at: Some("2026-03-03T02:00:00Z".into()),
+            });
+        }
+        let text = format_update(&waiting);
+        assert!(
+            text.contains(
+                "installed: 0.3.0 in slot B at 2026-03-02T01:00:00Z, the host reboots into it at \
+                 2026-03-03T02:00:00Z (maintenance window)"
+            ),
+            "{text}"
         );
     }
 
