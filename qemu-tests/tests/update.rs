@@ -14,14 +14,12 @@
 mod common;
 
 use std::error::Error;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atoll_common::api::{
-    BootMode, ContainerStatus, Request, Response, UpdateAction, UpdateReport, UpdateStatus,
-};
+use atoll_common::api::{BootMode, ContainerStatus, Request, Response, UpdateAction};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
+use common::update::{history_has, update, wait_update_status, REPO_IP, REPO_PORT};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo::{self, UpdateRepo};
@@ -29,9 +27,6 @@ use qemu_tests::vm::{NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// Where the repository appears to the guest.
-const REPO_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
-const REPO_PORT: u16 = 8080;
 /// The agent's first check comes within check_interval (1m) plus 10 s of
 /// jitter; the download and install of a ~21 MiB payload under TCG and the
 /// reboot take a few minutes more.
@@ -66,56 +61,6 @@ fn boot(name: &str, server: &HttpFileServer, strategy: &str) -> Result<Vm, VmErr
         .net_user(NetUser::new().guestfwd(REPO_IP, REPO_PORT, server.port()))
         .fw_cfg_string(FW_CFG_CONFIG, config(strategy))
         .start()
-}
-
-fn update(vm: &Vm, action: UpdateAction) -> Result<UpdateReport, VmError> {
-    let out = vm.api(&Request::Update { action })?;
-    for r in &out {
-        match r {
-            Response::Update(u) => return Ok((**u).clone()),
-            Response::Error { message } => {
-                return Err(vm.fail(format!("update {action:?} refused: {message}")))
-            }
-            _ => {}
-        }
-    }
-    Err(vm.fail(format!("no update report for {action:?}: {out:?}")))
-}
-
-/// Polls `update status` every 2 s until `done` holds for it.
-fn wait_update_status(
-    vm: &Vm,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&UpdateStatus) -> bool,
-) -> Result<UpdateStatus, VmError> {
-    let until = Instant::now() + timeout;
-    loop {
-        // The service answers only once the boot is marked good.
-        let last = match update(vm, UpdateAction::Status) {
-            Ok(UpdateReport {
-                status: Some(s), ..
-            }) => {
-                if done(&s) {
-                    return Ok(s);
-                }
-                format!("{s:?}")
-            }
-            Ok(r) => format!("{r:?}"),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= until {
-            return Err(vm.fail(format!(
-                "{what}: not within {} s; last update status: {last}",
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-fn history_has(s: &UpdateStatus, text: &str) -> bool {
-    s.history.iter().any(|e| e.what.contains(text))
 }
 
 fn serve_copy(repo: &UpdateRepo, dir: &Path) -> Result<HttpFileServer, Box<dyn Error>> {

@@ -35,10 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use atoll_common::api::{BootMode, Request, Response, UpdateAction, UpdateReport, UpdateStatus};
+use atoll_common::api::BootMode;
 use atoll_common::bootstate::BootState;
 use atoll_common::grubenv::{self, Grubenv};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
+use common::update::{history_has, wait_update_status, REPO_IP, REPO_PORT};
 use qemu_tests::console::Pattern;
 use qemu_tests::disk::{self, EnvFile, Ext4Image, RawCopy};
 use qemu_tests::servers::HttpFileServer;
@@ -47,9 +48,6 @@ use qemu_tests::vm::{DiskFormat, NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TI
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// Where the repository appears to the guest.
-const REPO_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
-const REPO_PORT: u16 = 8080;
 /// The agent's first check comes a minute (check_interval) plus up to 10 s
 /// of jitter after it starts, which is after the boot is marked good.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(150);
@@ -95,56 +93,6 @@ fn boot(name: &str, disk: &Path, port: u16, config: String) -> Result<Vm, VmErro
         .net_user(NetUser::new().guestfwd(REPO_IP, REPO_PORT, port))
         .fw_cfg_string(FW_CFG_CONFIG, config)
         .start()
-}
-
-fn update(vm: &Vm, action: UpdateAction) -> Result<UpdateReport, VmError> {
-    let out = vm.api(&Request::Update { action })?;
-    for r in &out {
-        match r {
-            Response::Update(u) => return Ok((**u).clone()),
-            Response::Error { message } => {
-                return Err(vm.fail(format!("update {action:?} refused: {message}")))
-            }
-            _ => {}
-        }
-    }
-    Err(vm.fail(format!("no update report for {action:?}: {out:?}")))
-}
-
-/// Polls `update status` every 2 s until `done` holds for it.
-fn wait_update_status(
-    vm: &Vm,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&UpdateStatus) -> bool,
-) -> Result<UpdateStatus, VmError> {
-    let until = Instant::now() + timeout;
-    loop {
-        // The service answers only once the boot is marked good.
-        let last = match update(vm, UpdateAction::Status) {
-            Ok(UpdateReport {
-                status: Some(s), ..
-            }) => {
-                if done(&s) {
-                    return Ok(s);
-                }
-                format!("{s:?}")
-            }
-            Ok(r) => format!("{r:?}"),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= until {
-            return Err(vm.fail(format!(
-                "{what}: not within {} s; last update status: {last}",
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-fn history_has(s: &UpdateStatus, text: &str) -> bool {
-    s.history.iter().any(|e| e.what.contains(text))
 }
 
 fn ready_pattern(version: &str, slot: Slot) -> Result<Pattern, VmError> {

@@ -31,12 +31,12 @@
 mod common;
 
 use std::error::Error;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use atoll_common::api::{Request, Response, UpdateAction, UpdateReport, UpdateStatus};
+use atoll_common::api::{Request, Response, UpdateAction, UpdateStatus};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
+use common::update::{history_has, update_status, wait_update_status, REPO_IP, REPO_PORT};
 use qemu_tests::console::Pattern;
 use qemu_tests::disk;
 use qemu_tests::servers::HttpFileServer;
@@ -45,9 +45,6 @@ use qemu_tests::vm::{DiskFormat, NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TI
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// Where the repository appears to the guest.
-const REPO_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
-const REPO_PORT: u16 = 8080;
 /// The update service answers once the boot is marked good.
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A check, the payload's download included (about 21 MiB under TCG).
@@ -99,50 +96,6 @@ fn boot(
     Ok(b.start()?)
 }
 
-fn status(vm: &Vm) -> Result<UpdateStatus, VmError> {
-    for r in vm.api(&Request::Update {
-        action: UpdateAction::Status,
-    })? {
-        match r {
-            Response::Update(u) => {
-                let UpdateReport { status, .. } = *u;
-                return status.ok_or_else(|| vm.fail("update status: no status"));
-            }
-            Response::Error { message } => return Err(vm.fail(format!("update status: {message}"))),
-            _ => {}
-        }
-    }
-    Err(vm.fail("update status: no answer"))
-}
-
-/// Polls the update status every 2 s until `done` holds for it.
-fn wait_update_status(
-    vm: &Vm,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&UpdateStatus) -> bool,
-) -> Result<UpdateStatus, VmError> {
-    let until = Instant::now() + timeout;
-    loop {
-        let last = match status(vm) {
-            Ok(s) if done(&s) => return Ok(s),
-            Ok(s) => format!("{s:?}"),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= until {
-            return Err(vm.fail(format!(
-                "{what}: not within {} s; last update status: {last}",
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-fn history_has(s: &UpdateStatus, text: &str) -> bool {
-    s.history.iter().any(|e| e.what.contains(text))
-}
-
 /// Whether the payload was requested in `requests`.
 fn payload_fetched(requests: &[qemu_tests::servers::Request]) -> bool {
     requests
@@ -164,7 +117,7 @@ fn refused(
 ) -> Result<UpdateStatus, VmError> {
     eprintln!("update_refusals: {step}");
     let seen = server.requests().len();
-    let before = status(vm)?;
+    let before = update_status(vm)?;
     let started = Instant::now();
     let answer = match vm.api(&Request::Update {
         action: UpdateAction::Check,
@@ -192,7 +145,7 @@ fn refused(
         }
     };
     let s = match answer {
-        Some(_) => status(vm)?,
+        Some(_) => update_status(vm)?,
         // Begun more than 30 s after the last check (whose time it would
         // otherwise share, to the second).
         None => wait_update_status(vm, &format!("{step}: the check done"), CHECK_TIMEOUT, |s| {

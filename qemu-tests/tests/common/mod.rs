@@ -2,6 +2,8 @@
 // Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
+pub mod update;
+
 use std::time::Duration;
 
 use atoll_common::api::{BootMode, SlotStatus, Status};
