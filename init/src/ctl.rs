@@ -623,6 +623,19 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Writes an `exec-output` chunk to this program's stdout or stderr.
+pub(crate) fn write_output(stream: &str, data: &str) -> std::io::Result<()> {
+    if stream == "stderr" {
+        let mut e = std::io::stderr().lock();
+        e.write_all(data.as_bytes())?;
+        e.flush()
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_all(data.as_bytes())?;
+        o.flush()
+    }
+}
+
 /// `atollctl run`'s options, before they become a config entry.
 #[derive(Debug, Clone, Default)]
 pub struct RunSpec {
@@ -824,13 +837,8 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
             client.call(&req, |r| {
                 match r {
                     Response::ExecOutput { stream, data } => {
-                        if stream == "stderr" {
-                            let mut e = std::io::stderr().lock();
-                            let _ = e.write_all(data.as_bytes()).and_then(|_| e.flush());
-                        } else {
-                            let mut o = stdout.lock();
-                            let _ = o.write_all(data.as_bytes()).and_then(|_| o.flush());
-                        }
+                        // Output that cannot be written is dropped.
+                        let _ = write_output(&stream, &data);
                     }
                     Response::ExecExit { code, timed_out } => end = Some((code, timed_out)),
                     _ => {}
@@ -857,13 +865,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
                     Response::Message { message } => lines.push(message),
                     Response::ExecOutput { stream, data } => {
                         // Like exec's: output that cannot be written is dropped.
-                        let _ = if stream == "stderr" {
-                            let mut e = std::io::stderr().lock();
-                            e.write_all(data.as_bytes()).and_then(|_| e.flush())
-                        } else {
-                            let mut o = stdout.lock();
-                            o.write_all(data.as_bytes()).and_then(|_| o.flush())
-                        };
+                        let _ = write_output(&stream, &data);
                     }
                     Response::ExecExit { code: c, .. } => code = Some(c),
                     _ => {}

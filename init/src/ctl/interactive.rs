@@ -153,14 +153,7 @@ fn read_answer(reader: &mut impl BufRead) -> Result<Option<i32>, CtlError> {
             .map_err(|e| CtlError::Unexpected(format!("{e}: {}", buf.trim())))?;
         match resp {
             Response::ExecOutput { stream, data } => {
-                let r = if stream == "stderr" {
-                    let mut e = std::io::stderr().lock();
-                    e.write_all(data.as_bytes()).and_then(|_| e.flush())
-                } else {
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(data.as_bytes()).and_then(|_| o.flush())
-                };
-                r.map_err(CtlError::Io)?;
+                super::write_output(&stream, &data).map_err(CtlError::Io)?;
             }
             Response::ExecExit { code: c, .. } => code = c.or(Some(exit::HOST_ERROR)),
             Response::Done => return Ok(code),

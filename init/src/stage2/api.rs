@@ -119,6 +119,28 @@ async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Line {
     }
 }
 
+/// Asks the container supervisor for one answer.
+async fn ask_supervisor(
+    ctx: &ApiContext,
+    request: impl FnOnce(tokio::sync::oneshot::Sender<Response>) -> crate::containers::ActionRequest,
+) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    match ctx.container_actions.send(request(tx)) {
+        Ok(()) => rx.await.unwrap_or_else(|_| Response::Error {
+            message: "the container supervisor is not running".into(),
+        }),
+        Err(_) => Response::Error {
+            message: "the container supervisor is not running yet".into(),
+        },
+    }
+}
+
+/// Sends a one-response answer: `done` follows unless it is an error.
+async fn send_answer<W: AsyncWrite + Unpin>(writer: &mut W, answer: &Response) -> bool {
+    let error = matches!(answer, Response::Error { .. });
+    send(writer, answer).await && (error || send(writer, &Response::Done).await)
+}
+
 /// `run`: starts the container, names it, and unless `detach` sends its
 /// output (from the log hub) until it exits.
 async fn run<W: AsyncWrite + Unpin>(
@@ -488,19 +510,11 @@ where
             }
             Request::Run { container, detach } => run(&mut writer, ctx, container, detach).await,
             Request::Inspect { name } => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let req = crate::containers::ActionRequest::Inspect(name, tx);
-                let answer = match ctx.container_actions.send(req) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| Response::Error {
-                        message: "the container supervisor is not running".into(),
-                    }),
-                    Err(_) => Response::Error {
-                        message: "the container supervisor is not running yet".into(),
-                    },
-                };
-                let error = matches!(answer, Response::Error { .. });
-                send(&mut writer, &answer).await
-                    && (error || send(&mut writer, &Response::Done).await)
+                let answer = ask_supervisor(ctx, |tx| {
+                    crate::containers::ActionRequest::Inspect(name, tx)
+                })
+                .await;
+                send_answer(&mut writer, &answer).await
             }
             Request::ContainerAction { name, action } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -528,19 +542,11 @@ where
                     Request::Prune => StoreRequest::Prune,
                     _ => StoreRequest::List,
                 };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let req = crate::containers::ActionRequest::Store(request, tx);
-                let answer = match ctx.container_actions.send(req) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| Response::Error {
-                        message: "the container supervisor is not running".into(),
-                    }),
-                    Err(_) => Response::Error {
-                        message: "the container supervisor is not running yet".into(),
-                    },
-                };
-                let error = matches!(answer, Response::Error { .. });
-                send(&mut writer, &answer).await
-                    && (error || send(&mut writer, &Response::Done).await)
+                let answer = ask_supervisor(ctx, |tx| {
+                    crate::containers::ActionRequest::Store(request, tx)
+                })
+                .await;
+                send_answer(&mut writer, &answer).await
             }
             Request::Update { action } => {
                 let (reply, rx) = tokio::sync::oneshot::channel();
