@@ -103,31 +103,12 @@ impl Client {
     pub fn call(
         &mut self,
         req: &Request,
-        mut each: impl FnMut(Response) -> bool,
+        each: impl FnMut(Response) -> bool,
     ) -> Result<(), CtlError> {
         let mut line = serde_json::to_vec(req).map_err(|e| CtlError::Unexpected(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line).map_err(CtlError::Io)?;
-        loop {
-            let mut buf = String::new();
-            if self.reader.read_line(&mut buf).map_err(CtlError::Io)? == 0 {
-                return Err(CtlError::Truncated);
-            }
-            if buf.trim().is_empty() {
-                continue;
-            }
-            let resp: Response = serde_json::from_str(&buf)
-                .map_err(|e| CtlError::Unexpected(format!("{e}: {}", buf.trim())))?;
-            match resp {
-                Response::Done => return Ok(()),
-                Response::Error { message } => return Err(CtlError::Host(message)),
-                other => {
-                    if !each(other) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        read_responses(&mut self.reader, each)
     }
 
     /// Sends `req` and leaves the answer to the caller: the connection's
@@ -149,6 +130,34 @@ impl Client {
             true
         })?;
         status.ok_or_else(|| CtlError::Unexpected("no status in the answer".into()))
+    }
+}
+
+/// Reads answer lines, handing each to `each`, until `done` (or until
+/// `each` returns false). An `error` answer becomes [`CtlError::Host`].
+pub(crate) fn read_responses(
+    reader: &mut impl BufRead,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<(), CtlError> {
+    loop {
+        let mut buf = String::new();
+        if reader.read_line(&mut buf).map_err(CtlError::Io)? == 0 {
+            return Err(CtlError::Truncated);
+        }
+        if buf.trim().is_empty() {
+            continue;
+        }
+        let resp: Response = serde_json::from_str(&buf)
+            .map_err(|e| CtlError::Unexpected(format!("{e}: {}", buf.trim())))?;
+        match resp {
+            Response::Done => return Ok(()),
+            Response::Error { message } => return Err(CtlError::Host(message)),
+            other => {
+                if !each(other) {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 

@@ -141,25 +141,23 @@ pub fn exec(client: Client, name: String, args: Vec<String>, tty: bool) -> Resul
 /// Prints the output until the exit (its code) and `done`.
 fn read_answer(reader: &mut impl BufRead) -> Result<Option<i32>, CtlError> {
     let mut code = None;
-    loop {
-        let mut buf = String::new();
-        if reader.read_line(&mut buf).map_err(CtlError::Io)? == 0 {
-            return Err(CtlError::Truncated);
-        }
-        if buf.trim().is_empty() {
-            continue;
-        }
-        let resp: Response = serde_json::from_str(&buf)
-            .map_err(|e| CtlError::Unexpected(format!("{e}: {}", buf.trim())))?;
-        match resp {
+    let mut failed = None;
+    super::read_responses(reader, |r| {
+        match r {
             Response::ExecOutput { stream, data } => {
-                super::write_output(&stream, &data).map_err(CtlError::Io)?;
+                if let Err(e) = super::write_output(&stream, &data) {
+                    failed = Some(e);
+                    return false;
+                }
             }
             Response::ExecExit { code: c, .. } => code = c.or(Some(exit::HOST_ERROR)),
-            Response::Done => return Ok(code),
-            Response::Error { message } => return Err(CtlError::Host(message)),
             _ => {}
         }
+        true
+    })?;
+    match failed {
+        Some(e) => Err(CtlError::Io(e)),
+        None => Ok(code),
     }
 }
 
