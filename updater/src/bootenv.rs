@@ -16,7 +16,7 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use atoll_common::bootstate::{BootState, BootStateError, DEFAULT_TRIES};
+use atoll_common::bootstate::{BootState, BootStateError, DEFAULT_TRIES, MAX_TRIES};
 use atoll_common::grubenv::{Grubenv, GrubenvError};
 use atoll_common::layout::{self, Slot};
 use thiserror::Error;
@@ -61,6 +61,9 @@ pub struct BootEnv {
     /// The copy of the last good boot's state, which GRUB loads when the
     /// live block is damaged; `None` when there is none.
     pub good: Option<PathBuf>,
+    /// Tries an offered slot gets (`[update] tries`, 1 to
+    /// [`MAX_TRIES`]; [`DEFAULT_TRIES`] unless the config says otherwise).
+    pub tries: u8,
 }
 
 impl BootEnv {
@@ -69,6 +72,7 @@ impl BootEnv {
         BootEnv {
             env: esp.join(layout::ESP_GRUBENV.trim_start_matches('/')),
             good: Some(esp.join(layout::ESP_GRUBENV_GOOD.trim_start_matches('/'))),
+            tries: DEFAULT_TRIES,
         }
     }
 
@@ -95,7 +99,8 @@ impl BootEnv {
     }
 
     /// Offers the verified `slot` for a trial boot: its verity root hash,
-    /// [`DEFAULT_TRIES`] tries, not yet good, first in ORDER. Only the live
+    /// [`BootEnv::tries`] tries (kept within 1 to [`MAX_TRIES`]), not yet
+    /// good, first in ORDER. Only the live
     /// block changes: the good copy keeps the running slot first, so a
     /// damaged block falls back to what runs now. Returns the new state.
     pub fn offer(&self, slot: Slot, verity: &str) -> Result<BootState, BootEnvError> {
@@ -106,10 +111,11 @@ impl BootEnv {
         {
             return Err(BootEnvError::Verity(verity.to_owned()));
         }
+        let tries = self.tries.clamp(1, MAX_TRIES);
         change(&self.env, |state| {
             let st = state.slot_mut(slot);
             st.good = false;
-            st.tries = DEFAULT_TRIES;
+            st.tries = tries;
             st.verity = verity.to_owned();
             state.order.retain(|s| *s != slot);
             state.order.insert(0, slot);
@@ -260,6 +266,23 @@ mod tests {
         // The boot loader tries B, then falls back to A.
         let (choice, _) = st.choose();
         assert_eq!(choice, atoll_common::bootstate::Choice::Trial(Slot::B));
+    }
+
+    #[test]
+    fn offered_with_the_configured_tries() {
+        let (_dir, mut boot) = esp(&BootState::fresh(&"ab".repeat(32)));
+        for (asked, given) in [
+            (1, 1),
+            (5, 5),
+            (MAX_TRIES, MAX_TRIES),
+            (0, 1),
+            (200, MAX_TRIES),
+        ] {
+            boot.tries = asked;
+            boot.mark_unbootable(Slot::B).unwrap();
+            let st = boot.offer(Slot::B, &"cd".repeat(32)).unwrap();
+            assert_eq!((st.b.good, st.b.tries), (false, given), "asked {asked}");
+        }
     }
 
     #[test]

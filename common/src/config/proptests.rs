@@ -310,6 +310,10 @@ fn update() -> impl Strategy<Value = Update> {
                     health_deadline: Parsed::new(units::format_duration(
                         std::time::Duration::from_secs(check),
                     )),
+                    tries: (check % 9) as u8 + 1,
+                    ready_deadline: Parsed::new(units::format_duration(
+                        std::time::Duration::from_secs(check / 2 + 10),
+                    )),
                 };
                 if window {
                     u.strategy = Some(UpdateStrategy::Window);

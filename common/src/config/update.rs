@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::names::{check_hostname, check_url};
 use super::value::{KeyPath, Parsed, TextValue, ValidationError};
+use crate::bootstate::{DEFAULT_TRIES, MAX_TRIES};
 
 /// `[update]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,14 @@ pub struct Update {
     /// before the boot is marked good; past it the host reboots unmarked
     /// and the boot loader falls back once the tries run out.
     pub health_deadline: Parsed<Duration>,
+    /// How many boots a freshly installed slot gets to become good
+    /// before the boot loader falls back to the other slot (1 to
+    /// [`MAX_TRIES`]).
+    pub tries: u8,
+    /// On a trial boot, how long PID 1 may take from stage 2's start to
+    /// ready; a boot stuck longer is taken as hung and the watchdog
+    /// reboots it (at most 30 s later).
+    pub ready_deadline: Parsed<Duration>,
 }
 
 impl Default for Update {
@@ -42,6 +51,8 @@ impl Default for Update {
             check_interval: Parsed::new("1h"),
             group: "default".into(),
             health_deadline: Parsed::new("5m"),
+            tries: DEFAULT_TRIES,
+            ready_deadline: Parsed::new("2m"),
         }
     }
 }
@@ -293,6 +304,28 @@ impl Update {
                 ));
             }
         }
+        if !(1..=MAX_TRIES).contains(&self.tries) {
+            errors.push(ValidationError::new(
+                path.key("tries"),
+                format!(
+                    "invalid value: {}, expected 1 to {MAX_TRIES} boots",
+                    self.tries
+                ),
+            ));
+        }
+        self.ready_deadline
+            .check(&path.key("ready_deadline"), errors);
+        if let Some(d) = self.ready_deadline.get() {
+            if *d < Duration::from_secs(10) {
+                errors.push(ValidationError::new(
+                    path.key("ready_deadline"),
+                    format!(
+                        "invalid value: string {:?}, expected at least 10s",
+                        self.ready_deadline.text()
+                    ),
+                ));
+            }
+        }
         if let Err(e) = check_hostname(&self.group) {
             errors.push(ValidationError::new(
                 path.key("group"),
@@ -354,6 +387,36 @@ mod tests {
                     errors[0].to_string().contains("health_deadline"),
                     "{errors:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn tries_and_ready_deadline_defaults_and_checks() {
+        let u = Update::default();
+        assert_eq!(u.tries, 3);
+        assert_eq!(u.ready_deadline.get(), Some(&Duration::from_secs(120)));
+        for (tries, deadline, bad) in [
+            (1, "10s", None),
+            (9, "1h", None),
+            (0, "2m", Some("tries")),
+            (10, "2m", Some("tries")),
+            (3, "9s", Some("ready_deadline")),
+            (3, "later", Some("ready_deadline")),
+        ] {
+            let u = Update {
+                tries,
+                ready_deadline: Parsed::new(deadline),
+                ..Update::default()
+            };
+            let mut errors = Vec::new();
+            u.validate(&KeyPath::root().key("update"), &mut errors);
+            match bad {
+                None => assert!(errors.is_empty(), "{tries} {deadline}: {errors:?}"),
+                Some(key) => {
+                    assert_eq!(errors.len(), 1, "{errors:?}");
+                    assert!(errors[0].to_string().contains(key), "{errors:?}");
+                }
             }
         }
     }

@@ -260,6 +260,7 @@ fn host_config(
         c.state_dir = dir.clone();
     }
     c.boot = BootEnv::on_esp(&cli.esp);
+    c.boot.tries = update.tries;
     let by_label = SlotDevices::by_label();
     c.devices = SlotDevices {
         a: cli.device_a.clone().unwrap_or(by_label.a),
