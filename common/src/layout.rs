@@ -131,6 +131,14 @@ pub const SLOT_MODULES: &str = "/usr/lib/modules";
 /// `KEY=value` lines describing the build (VERSION, KERNEL, BUILD_ID).
 pub const SLOT_RELEASE: &str = "/usr/lib/os-release";
 
+/// A fault a test release asks for (`image-build disk --test-fault`),
+/// for the rollback tests (docs/updates.md, "Testing rollbacks"); release
+/// builds never have this file.
+pub const SLOT_TEST_FAULT: &str = "/usr/lib/atoll/test-fault";
+/// The [`SLOT_TEST_FAULT`] that makes stage 2 stop short of ready (a hung
+/// boot, for the trial-boot watchdog).
+pub const TEST_FAULT_NEVER_READY: &str = "never-ready";
+
 /// Marker file that exists only in the initramfs: `init` runs stage 1 when it sees it.
 pub const INITRD_MARKER: &str = "/etc/initrd-release";
 

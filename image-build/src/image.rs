@@ -105,6 +105,10 @@ pub struct DiskOptions {
     /// (`atoll_common::VERSION`). A test cuts a newer release from the same
     /// binaries with it.
     pub os_version: Option<String>,
+    /// FOR TESTS ONLY: a fault the slot is built to have, written to
+    /// [`layout::SLOT_TEST_FAULT`] (e.g. `never-ready`); `None` for every
+    /// real build.
+    pub test_fault: Option<String>,
 }
 
 /// `build.json`: what was built, from which inputs.
@@ -337,13 +341,23 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
             &opts.mke2fs,
         ])?;
         libs.install(&rootfs)?;
+        if let Some(fault) = &opts.test_fault {
+            rootfs.file(
+                layout::SLOT_TEST_FAULT,
+                format!("{fault}\n").as_bytes(),
+                0o644,
+            )?;
+        }
         let n = kmods.install(modules::SLOT_MODULES, rootfs.root())?;
         let id = slot::finish_rootfs(&rootfs, &kernel.release, &os_version(opts))?;
-        let summary = format!(
+        let mut summary = format!(
             "{n} modules, {} libraries, update root version {}, build id {id}",
             libs.len(),
             update_root.version
         );
+        if let Some(fault) = &opts.test_fault {
+            summary.push_str(&format!(", TEST FAULT {fault}: this slot fails on purpose"));
+        }
         Ok((id, summary))
     })?;
     // The unpacked kernel is no longer needed (90 MB of modules).
@@ -519,6 +533,7 @@ mod tests {
             update_root: PathBuf::from("/nonexistent/root.json"),
             qcow2: false,
             os_version: None,
+            test_fault: None,
         };
         let err = build_disk(&opts).unwrap_err();
         assert!(
@@ -546,6 +561,7 @@ mod tests {
             update_root: tmp.path().join("missing.json"),
             qcow2: false,
             os_version: None,
+            test_fault: None,
         };
         let err = build_disk(&opts).unwrap_err();
         assert!(

@@ -69,6 +69,11 @@ enum Cmd {
         /// from the same binaries.
         #[arg(long, value_name = "VERSION")]
         os_version: Option<Version>,
+        /// FOR TESTS ONLY: build a slot that fails on purpose, to test
+        /// rollbacks; `never-ready` stops its boots short of ready
+        /// (docs/updates.md, "Testing rollbacks"). Never ship it.
+        #[arg(long, value_name = "FAULT", value_parser = [atoll_common::layout::TEST_FAULT_NEVER_READY])]
+        test_fault: Option<String>,
     },
     /// Write an OCI archive of a one-layer busybox image (the preloaded
     /// image's recipe; qemu-tests use it for their test images).
@@ -270,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             update_root,
             qcow2,
             os_version,
+            test_fault,
         } => {
             let out = at(&out);
             let update_root = match update_root {
@@ -289,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 update_root,
                 qcow2,
                 os_version: os_version.map(|v| v.to_string()),
+                test_fault,
             };
             let info = image::build_disk(&opts)?;
             let raw = out.join(&info.image);

@@ -155,6 +155,8 @@ async fn run(start_ms: u64) -> ShutdownKind {
 struct DogSlot {
     dog: Option<watchdog::Watchdog>,
     ready: bool,
+    /// `[update] ready_deadline` once the config is read.
+    deadline: Option<Duration>,
 }
 
 type SharedDog = Arc<Mutex<DogSlot>>;
@@ -188,8 +190,11 @@ fn arm_watchdog(db: &ModuleDb, slot: &SharedDog) {
         return;
     }
     match watchdog::Watchdog::arm() {
-        Ok(w) => {
-            log::info!("trial boot: watchdog armed until ready");
+        Ok((w, timeout)) => {
+            match timeout {
+                Some(t) => log::info!("trial boot: watchdog armed until ready (timeout {t} s)"),
+                None => log::info!("trial boot: watchdog armed until ready"),
+            }
             s.dog = Some(w);
         }
         Err(e) => log::warn!("trial boot: cannot open /dev/watchdog: {e}"),
@@ -546,6 +551,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         &mut steps,
     )
     .await;
+    lock(&dog).deadline = step.config.update.ready_deadline.get().copied();
     lock(&status).hostname = step.hostname.clone();
 
     // 7b. The config's containers, supervised from here on: those with no
@@ -584,6 +590,23 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         .get()
         .copied()
         .unwrap_or(DEFAULT_HEALTH_DEADLINE);
+
+    // A test release that must never get ready (docs/updates.md,
+    // "Testing rollbacks") stops here and only serves shutdown requests.
+    match test_fault() {
+        Some(f) if f == layout::TEST_FAULT_NEVER_READY => {
+            say(
+                3,
+                &format!(
+                    "atoll: test fault {f} ({}): this boot stops short of ready",
+                    layout::SLOT_TEST_FAULT
+                ),
+            );
+            return until_stopped(&mut rx, &updates, &supervisor, &prov.net).await;
+        }
+        Some(f) => log::warn!("unknown test fault {f:?} in {}", layout::SLOT_TEST_FAULT),
+        None => {}
+    }
 
     // 8. Ready.
     let ready_ms = clock::boottime_ms();
@@ -713,18 +736,26 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     lock(&status).boot_times =
         status::boot_times(stage1.as_ref(), start_ms, Some(ready_ms), &steps.steps);
 
-    // Serve until asked to stop.
+    until_stopped(&mut rx, &updates, &supervisor, &prov.net).await
+}
+
+/// Serves until asked to stop, then stops the workload. The update agent
+/// first (it must not start a write the shutdown cuts short for nothing),
+/// then the containers (they may still talk to the network), then the DHCP
+/// leases go back to their servers while the network still works.
+async fn until_stopped(
+    rx: &mut mpsc::UnboundedReceiver<ShutdownKind>,
+    updates: &crate::updates::Updates,
+    supervisor: &crate::containers::Supervisor,
+    net: &crate::net::NetHandle,
+) -> ShutdownKind {
     let kind = match rx.recv().await {
         Some(kind) => kind,
         None => std::future::pending().await,
     };
-    // The update agent first (it must not start a write the shutdown cuts
-    // short for nothing), then the containers (they may still talk to the
-    // network), then the DHCP leases go back to their servers while the
-    // network still works.
     updates.stop().await;
     supervisor.stop_all().await;
-    prov.net.shutdown().await;
+    net.shutdown().await;
     kind
 }
 
@@ -784,11 +815,13 @@ async fn start_virtio_port(ctx: &Arc<api::ApiContext>) {
 }
 
 /// Feeds the trial-boot watchdog every [`watchdog::PET_EVERY`] until ready,
-/// for at most [`watchdog::PET_FOR`]: a boot stuck longer is taken as hung.
+/// for at most the ready deadline (`[update] ready_deadline`, or
+/// [`watchdog::DEFAULT_READY_DEADLINE`] until the config is read): a boot
+/// stuck longer is taken as hung.
 async fn feed_watchdog(dog: SharedDog) {
-    let until = tokio::time::Instant::now() + watchdog::PET_FOR;
-    while tokio::time::Instant::now() < until {
-        {
+    let start = tokio::time::Instant::now();
+    let deadline = loop {
+        let deadline = {
             let mut d = lock(&dog);
             if d.ready {
                 return;
@@ -796,13 +829,27 @@ async fn feed_watchdog(dog: SharedDog) {
             if let Some(w) = d.dog.as_mut() {
                 w.pet();
             }
+            d.deadline.unwrap_or(watchdog::DEFAULT_READY_DEADLINE)
+        };
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break deadline;
         }
-        tokio::time::sleep(watchdog::PET_EVERY).await;
-    }
-    log::error!(
-        "trial boot not ready after {} s: the watchdog will reboot",
-        watchdog::PET_FOR.as_secs()
+        tokio::time::sleep(left.min(watchdog::PET_EVERY)).await;
+    };
+    say(
+        3,
+        &format!(
+            "atoll: trial boot not ready after {} s (ready_deadline): the watchdog reboots it",
+            deadline.as_secs()
+        ),
     );
+}
+
+/// The fault a test release asks for ([`layout::SLOT_TEST_FAULT`]), if any.
+fn test_fault() -> Option<String> {
+    let text = std::fs::read_to_string(layout::SLOT_TEST_FAULT).ok()?;
+    Some(text.trim().to_string())
 }
 
 /// The power button event devices; the `button` driver may register them a
