@@ -1,14 +1,15 @@
 //! An update repository holding a newer release of the image the tests
-//! boot, for the update tests (docs/updates.md).
+//! boot, for the update tests (docs/updates.md): a working one, or one
+//! built to fail its trial boots ([`Flavour`]).
 //!
 //! The release is cut the way an operator cuts one: `image-build disk
 //! --os-version V` builds a slot from the same binaries that says it is
 //! version V (os-release, so the agent and the ready line see V after the
 //! update), and `image-build release --keys target/atoll/keys` signs it with
 //! the development keys the base image trusts. Both are slow, so the
-//! result is kept in `test-update/` next to the base image
-//! (`target/atoll/test-update/`) and reused while the base image's
-//! build.json is unchanged. Each test serves its own copy
+//! result is kept in `test-update/` (`test-update-<flavour>/` for the
+//! failing ones) next to the base image (`target/atoll/test-update/`) and
+//! reused while the base image's build.json is unchanged. Each test serves its own copy
 //! ([`UpdateRepo::copy_to`]) so that it can tamper with it.
 //!
 //! The key and re-signing commands an operator runs are here too
@@ -49,6 +50,41 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
     move |source| RepoError::Io { what, source }
 }
 
+/// What a test release does on its trial boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// Boots to ready: the base image's binaries, version [`NEXT_VERSION`].
+    Working,
+    /// Its init is the wrong binary (`image-build disk --init
+    /// target/release/atollctl`), which exits at once with a usage error:
+    /// the kernel panics ("Attempted to kill init!") and reboots after
+    /// `panic=10`.
+    KernelPanic,
+    /// Its PID 1 stops short of ready (`image-build disk --test-fault
+    /// never-ready`), so only the trial-boot watchdog reboots it.
+    NeverReady,
+}
+
+impl Flavour {
+    /// Its cache directory next to the base image.
+    fn dir_name(self) -> &'static str {
+        match self {
+            Flavour::Working => "test-update",
+            Flavour::KernelPanic => "test-update-kernel-panic",
+            Flavour::NeverReady => "test-update-never-ready",
+        }
+    }
+
+    /// Its arguments to `image-build disk`.
+    fn disk_args(self) -> &'static [&'static str] {
+        match self {
+            Flavour::Working => &[],
+            Flavour::KernelPanic => &["--init", "target/release/atollctl"],
+            Flavour::NeverReady => &["--test-fault", "never-ready"],
+        }
+    }
+}
+
 /// A signed repository with [`NEXT_VERSION`] in it (a pristine copy).
 #[derive(Debug, Clone)]
 pub struct UpdateRepo {
@@ -56,19 +92,26 @@ pub struct UpdateRepo {
     pub version: String,
 }
 
-static BUILT: Mutex<Option<UpdateRepo>> = Mutex::new(None);
+static BUILT: Mutex<Vec<(Flavour, UpdateRepo)>> = Mutex::new(Vec::new());
 
-/// The repository, built on first use (minutes) and reused.
+/// The repository with the working release, built on first use (minutes)
+/// and reused.
 pub fn next_release() -> Result<UpdateRepo, RepoError> {
+    release(Flavour::Working)
+}
+
+/// The repository with a release of `flavour`, built on first use
+/// (minutes) and reused.
+pub fn release(flavour: Flavour) -> Result<UpdateRepo, RepoError> {
     let mut guard = match BUILT.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    if let Some(r) = guard.as_ref() {
+    if let Some((_, r)) = guard.iter().find(|(f, _)| *f == flavour) {
         return Ok(r.clone());
     }
-    let r = build()?;
-    *guard = Some(r.clone());
+    let r = build(flavour)?;
+    guard.push((flavour, r.clone()));
     Ok(r)
 }
 
@@ -89,7 +132,7 @@ fn run(cmd: &mut Command) -> Result<(), RepoError> {
     Ok(())
 }
 
-fn build() -> Result<UpdateRepo, RepoError> {
+fn build(flavour: Flavour) -> Result<UpdateRepo, RepoError> {
     let root = disk::workspace_root();
     let base = disk::base_image()?;
     let base_json = base.with_file_name("build.json");
@@ -98,7 +141,7 @@ fn build() -> Result<UpdateRepo, RepoError> {
     let dir = base
         .parent()
         .map_or_else(|| root.join("target/atoll"), Path::to_path_buf)
-        .join("test-update");
+        .join(flavour.dir_name());
     let repo = dir.join("repo");
     let stamp_file = dir.join("built-from.json");
     if repo.is_dir() && std::fs::read(&stamp_file).ok().as_deref() == Some(&stamp[..]) {
@@ -122,7 +165,8 @@ fn build() -> Result<UpdateRepo, RepoError> {
         .arg("--update-root")
         .arg(keys.join("root.json"))
         .arg("--os-version")
-        .arg(NEXT_VERSION))?;
+        .arg(NEXT_VERSION)
+        .args(flavour.disk_args()))?;
     let tmp = dir.join("repo.tmp");
     run(Command::new(&image_build)
         .current_dir(&root)

@@ -17,9 +17,9 @@ use std::error::Error;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atoll_common::api::{BootMode, ContainerStatus, Request, Response, UpdateAction};
+use atoll_common::api::{ContainerStatus, Request, Response, UpdateAction};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{history_has, update, wait_update_status, REPO_IP, REPO_PORT};
+use common::update::{history_has, update, wait_update_status, CHECK_TIMEOUT, REPO_IP, REPO_PORT};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo::{self, UpdateRepo};
@@ -31,9 +31,6 @@ type TestResult = Result<(), Box<dyn Error>>;
 /// jitter; the download and install of a ~21 MiB payload under TCG and the
 /// reboot take a few minutes more.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the agent may take to run a scheduled check (1m ± 10 s) and
-/// report it.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn config(strategy: &str) -> String {
     format!(
@@ -309,15 +306,6 @@ fn exec(vm: &Vm, name: &str, args: &[&str]) -> Result<Option<i32>, VmError> {
     Ok(code)
 }
 
-/// How many payload requests the repository has answered.
-fn payload_requests(server: &HttpFileServer) -> usize {
-    server
-        .requests()
-        .iter()
-        .filter(|r| r.path_only().starts_with("/targets/"))
-        .count()
-}
-
 /// d. Boot assessment: the configured container is made unhealthy (a
 /// marker file on its volume) before the agent installs 0.2.0; each trial
 /// boot of slot B fails its health check and reboots unmarked, GRUB spends
@@ -395,70 +383,7 @@ fn unhealthy_trial_boots_roll_back_and_the_release_stays_bad() -> TestResult {
         })?;
     }
 
-    // The host's slot table: A booted (good), B not good, no tries left.
-    let host = common::settled_status(&vm)?;
-    let b = host.slots.iter().find(|x| x.slot == Slot::B);
-    vm.check(
-        host.booted_slot == Some(Slot::A)
-            && host.boot_mode == BootMode::Good
-            && b.is_some_and(|b| !b.good && b.tries_left == 0),
-        || format!("unexpected boot state after the fallback: {host:?}"),
-    )?;
-
-    // The agent settles the install at its start: rolled back, bad.
-    let s = wait_update_status(&vm, "the rollback recorded", CHECK_TIMEOUT, |s| {
-        s.current.slot == Slot::A && s.bad.contains_key(&repo.version)
-    })?;
-    let reason = s.bad.get(&repo.version).map(|b| b.reason.clone());
-    vm.check(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("came back on slot A")),
-        || format!("the bad release's reason should say what happened: {reason:?}"),
-    )?;
-    vm.check(
-        s.current.version.as_deref() == Some(v1.as_str())
-            && s.next_boot == Slot::A
-            && !s.other.good
-            && s.other.tries == 0
-            && s.pending.is_none(),
-        || format!("unexpected update status after the fallback: {s:?}"),
-    )?;
-    let h = update(&vm, UpdateAction::History)?;
-    let h = h
-        .status
-        .ok_or_else(|| vm.fail("no status with the history"))?;
-    for text in [
-        format!("installed {}", repo.version),
-        format!("{} rolled back", repo.version),
-    ] {
-        vm.check(history_has(&h, &text), || {
-            format!("the history should say {text:?}: {:?}", h.history)
-        })?;
-    }
-
-    // A check finds 0.2.0 again and leaves it alone: nothing fetched,
-    // nothing offered, no reboot.
-    let fetched = payload_requests(&server);
-    let r = update(&vm, UpdateAction::Check)?;
-    vm.check(r.outcome == "up to date", || {
-        format!("a check after the rollback should find nothing to take: {r:?}")
-    })?;
-    let s = r
-        .status
-        .ok_or_else(|| vm.fail("no status after the check"))?;
-    vm.check(
-        s.last_check.is_some()
-            && s.last_error.is_none()
-            && s.pending.is_none()
-            && s.download.is_none()
-            && s.next_boot == Slot::A
-            && s.bad.contains_key(&repo.version),
-        || format!("the agent took the bad release again: {s:?}"),
-    )?;
-    vm.check(payload_requests(&server) == fetched, || {
-        "the bad release's payload was fetched again".into()
-    })?;
+    common::update::check_rolled_back_for_good(&vm, &server, &repo.version, &v1)?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
     vm.check(
