@@ -173,6 +173,9 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// Persistent state on DATA.
 pub const VAR_STATE_DIR: &str = "/var/lib/atoll";
 pub const VAR_MACHINE_ID: &str = "/var/lib/atoll/machine-id";
+/// Why the last trial boot failed (`atoll_common::trial`), left by PID 1
+/// for the update agent.
+pub const VAR_TRIAL_FAILURE: &str = "/var/lib/atoll/trial-failure.json";
 pub const VAR_LOG_DIR: &str = "/var/log/atoll";
 
 /// The line PID 1 prints on the console once the host is up. It continues

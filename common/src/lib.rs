@@ -11,9 +11,11 @@
 pub mod api;
 pub mod bootstate;
 pub mod config;
+pub mod fsutil;
 pub mod grubenv;
 pub mod layout;
 pub mod time;
+pub mod trial;
 
 /// The Atoll version, the same for every binary of one build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

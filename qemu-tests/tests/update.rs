@@ -383,7 +383,8 @@ fn unhealthy_trial_boots_roll_back_and_the_release_stays_bad() -> TestResult {
         })?;
     }
 
-    common::update::check_rolled_back_for_good(&vm, &server, &repo.version, &v1)?;
+    let why = format!("its trial boot failed: containers unhealthy: {GATED_CONTAINER}");
+    common::update::check_rolled_back_for_good(&vm, &server, &repo.version, &v1, &why)?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
     vm.check(

@@ -76,6 +76,7 @@ fn falls_back_for_good(
     server: &HttpFileServer,
     repo: &UpdateRepo,
     v1: &str,
+    why: &str,
 ) -> TestResult {
     vm.wait_for("atoll-grub: booting slot A (good)", BOOT_TIMEOUT)?;
     let back = vm.wait_ready(BOOT_TIMEOUT)?;
@@ -93,7 +94,7 @@ fn falls_back_for_good(
             trials.len()
         )
     })?;
-    check_rolled_back_for_good(vm, server, &repo.version, v1)?;
+    check_rolled_back_for_good(vm, server, &repo.version, v1, why)?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
     vm.check(
@@ -117,7 +118,9 @@ fn a_release_whose_kernel_panics_is_rolled_back_and_stays_bad() -> TestResult {
         vm.wait_for(booting.as_str(), UPDATE_TIMEOUT)?;
         vm.wait_for("Kernel panic - not syncing", BOOT_TIMEOUT)?;
     }
-    falls_back_for_good(&vm, &server, &repo, &v1)
+    // PID 1 never ran on B, so it left no record of why.
+    let why = "no trial boot of it got as far as PID 1's checks";
+    falls_back_for_good(&vm, &server, &repo, &v1, why)
 }
 
 /// A release whose PID 1 stops short of ready: each trial boot arms the
@@ -138,5 +141,9 @@ fn a_release_that_never_gets_ready_is_rolled_back_and_stays_bad() -> TestResult 
         vm.wait_for("atoll: test fault never-ready", BOOT_TIMEOUT)?;
         vm.wait_for(deadline.as_str(), READY_DEADLINE + BOOT_TIMEOUT)?;
     }
-    falls_back_for_good(&vm, &server, &repo, &v1)
+    let why = format!(
+        "its trial boot failed: not ready after {} s (ready_deadline)",
+        READY_DEADLINE.as_secs()
+    );
+    falls_back_for_good(&vm, &server, &repo, &v1, &why)
 }

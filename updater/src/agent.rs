@@ -30,8 +30,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atoll_common::bootstate::BootState;
 use atoll_common::config::UpdateStrategy;
 use atoll_common::layout::{self, Slot};
+use atoll_common::trial::TrialFailure;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -41,8 +43,8 @@ use crate::install::{self, Install, InstallError, TargetSource, CHECKPOINT_EVERY
 use crate::metadata::{self, FetchError, Time, Trusted, UpdateError, Version};
 use crate::policy::{self, BadReleases, Schedule, Window};
 use crate::state::{
-    AgentState, BootOutcome, Download, Event, Pending, StateError, StoredMetadata, PROGRESS_FILE,
-    STATE_FILE,
+    remove_durably, AgentState, BootOutcome, Download, Event, Pending, StateError, StoredMetadata,
+    PROGRESS_FILE, STATE_FILE,
 };
 
 /// The download's progress is saved to the state at most this often (in
@@ -141,6 +143,10 @@ pub struct AgentConfig {
     pub freeze_limit: Duration,
     /// Slot bytes between resume checkpoints ([`CHECKPOINT_EVERY`]).
     pub checkpoint_every: u64,
+    /// Where PID 1 leaves why a trial boot failed
+    /// ([`atoll_common::layout::VAR_TRIAL_FAILURE`] on a host); `None`:
+    /// nowhere.
+    pub trial_record: Option<PathBuf>,
     /// The clock ([`Time::now`] on a host).
     pub now: Box<dyn Fn() -> Time + Send>,
     /// How [`Agent::run`] waits ([`std::thread::sleep`] on a host).
@@ -173,6 +179,7 @@ impl AgentConfig {
             ca_pem: None,
             freeze_limit: metadata::Config::default().freeze_limit,
             checkpoint_every: CHECKPOINT_EVERY,
+            trial_record: None,
             now: Box::new(Time::now),
             sleep: Box::new(std::thread::sleep),
         }
@@ -355,10 +362,7 @@ impl Agent {
         let state_path = self.state_path();
         state.slots.set(booted, Some(running));
         let boot = self.config.boot.state()?;
-        log_boot_outcome(
-            booted,
-            state.after_boot(booted, &boot, &self.config.boot_id, now),
-        );
+        log_boot_outcome(booted, self.after_boot(state, &boot, now));
         if state.forget_download_into(booted) {
             log::info!("slot {booted} runs: its download is over");
         }
@@ -505,7 +509,7 @@ impl Agent {
         let booted = self.config.booted_slot;
         let mut state = self.load_state()?;
         let boot = self.config.boot.state()?;
-        let outcome = state.after_boot(booted, &boot, &self.config.boot_id, now);
+        let outcome = self.after_boot(&mut state, &boot, now);
         log_boot_outcome(booted, outcome.clone());
         let forgotten = state.forget_download_into(booted);
         if forgotten {
@@ -521,6 +525,31 @@ impl Agent {
             state.save(&self.state_path())?;
         }
         Ok(outcome)
+    }
+
+    /// [`AgentState::after_boot`] with PID 1's trial record, which is
+    /// removed once an install is settled either way.
+    fn after_boot(&self, state: &mut AgentState, boot: &BootState, now: Time) -> BootOutcome {
+        let record = self.config.trial_record.as_deref();
+        let trial = record.and_then(TrialFailure::load);
+        let outcome = state.after_boot(
+            self.config.booted_slot,
+            boot,
+            &self.config.boot_id,
+            now,
+            trial.as_ref(),
+        );
+        if let Some(path) = record.filter(|_| {
+            matches!(
+                outcome,
+                BootOutcome::Updated(_) | BootOutcome::RolledBack(_)
+            )
+        }) {
+            if let Err(e) = remove_durably(path) {
+                log::warn!("{e}");
+            }
+        }
+        outcome
     }
 
     /// [`Agent::due`], kept in the pending release (`reboot_at`, shown

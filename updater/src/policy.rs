@@ -63,6 +63,10 @@ impl BadReleases {
         self.0.contains_key(&version)
     }
 
+    pub fn get(&self, version: Version) -> Option<&BadRelease> {
+        self.0.get(&version)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Version, &BadRelease)> {
         self.0.iter()
     }

@@ -6,11 +6,12 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use atoll_common::bootstate::BootState;
 use atoll_common::layout::{self, Slot};
+use atoll_common::trial::TrialFailure;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -253,13 +254,15 @@ impl AgentState {
     /// slot it runs from, `boot` the boot state in grubenv, `boot_id` this
     /// boot's id. A host back on the other slot means the release rolled
     /// back: it goes on the bad list and is never installed again by the
-    /// agent on its own.
+    /// agent on its own, with why in its reason: `trial`, what PID 1 left
+    /// when it gave up on a trial boot, if it is about this release.
     pub fn after_boot(
         &mut self,
         booted: Slot,
         boot: &BootState,
         boot_id: &str,
         now: Time,
+        trial: Option<&TrialFailure>,
     ) -> BootOutcome {
         let Some(pending) = self.pending.clone() else {
             return BootOutcome::Nothing;
@@ -277,8 +280,16 @@ impl AgentState {
             return BootOutcome::Updated(version);
         }
         self.pending = None;
+        let why = match trial {
+            Some(t) if t.slot == pending.slot && t.version == version.to_string() => {
+                format!("its trial boot failed: {}", t.reason)
+            }
+            _ => "no trial boot of it got as far as PID 1's checks \
+                  (a kernel panic, or a hang before /var was mounted)"
+                .to_string(),
+        };
         let reason = format!(
-            "installed in slot {} at {}, but the host came back on slot {booted}",
+            "installed in slot {} at {}, but the host came back on slot {booted}: {why}",
             pending.slot, pending.installed_at
         );
         self.bad.add(version, now, reason.clone());
@@ -305,24 +316,10 @@ impl AgentState {
 /// Writes `path` through `path.tmp`: write, fsync, rename, fsync the
 /// directory. Creates the directory if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
+    atoll_common::fsutil::write_durably(path, bytes).map_err(|source| StateError::Write {
         path: path.to_owned(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    })
 }
 
 /// Removes `path` if it exists and fsyncs its directory.
@@ -428,19 +425,50 @@ mod tests {
         let boot = BootState::fresh("ab");
         let mut state = pending_b();
         assert_eq!(
-            state.after_boot(Slot::A, &boot, "boot-1", now),
+            state.after_boot(Slot::A, &boot, "boot-1", now, None),
             BootOutcome::NotRebooted
         );
         assert_eq!(
-            state.after_boot(Slot::A, &boot, "boot-2", now),
+            state.after_boot(Slot::A, &boot, "boot-2", now, None),
             BootOutcome::RolledBack(v("0.2.0"))
         );
         assert!(state.bad.contains(v("0.2.0")));
         assert!(state.pending.is_none());
         assert_eq!(
-            state.after_boot(Slot::A, &boot, "boot-3", now),
+            state.after_boot(Slot::A, &boot, "boot-3", now, None),
             BootOutcome::Nothing
         );
+    }
+
+    #[test]
+    fn a_rollback_says_why_from_the_trial_record() {
+        let now = t("2026-01-01T01:00:00Z");
+        let boot = BootState::fresh("ab");
+        let record = |slot, version: &str| TrialFailure {
+            slot,
+            version: version.into(),
+            reason: "not ready after 20 s".into(),
+        };
+        let reason_with = |trial: Option<TrialFailure>| {
+            let mut state = pending_b();
+            state.after_boot(Slot::A, &boot, "boot-2", now, trial.as_ref());
+            state.bad.get(v("0.2.0")).unwrap().reason.clone()
+        };
+        let r = reason_with(Some(record(Slot::B, "0.2.0")));
+        assert!(
+            r.contains("came back on slot A: its trial boot failed: not ready after 20 s"),
+            "{r}"
+        );
+        // A record about another release or slot is not this one's.
+        for other in [record(Slot::B, "0.1.9"), record(Slot::A, "0.2.0")] {
+            let r = reason_with(Some(other));
+            assert!(
+                r.contains("no trial boot of it got as far as PID 1's checks"),
+                "{r}"
+            );
+        }
+        let r = reason_with(None);
+        assert!(r.contains("came back on slot A: no trial boot"), "{r}");
     }
 
     #[test]
@@ -482,12 +510,12 @@ mod tests {
         boot.b.tries = 2;
         let mut state = pending_b();
         assert_eq!(
-            state.after_boot(Slot::B, &boot, "boot-2", now),
+            state.after_boot(Slot::B, &boot, "boot-2", now, None),
             BootOutcome::Trial(v("0.2.0"))
         );
         boot.mark_good(Slot::B);
         assert_eq!(
-            state.after_boot(Slot::B, &boot, "boot-2", now),
+            state.after_boot(Slot::B, &boot, "boot-2", now, None),
             BootOutcome::Updated(v("0.2.0"))
         );
         assert!(state.pending.is_none());

@@ -477,7 +477,24 @@ fn a_rollback_puts_the_release_on_the_bad_list_and_it_is_not_reinstalled() {
         st.b.tries = 0;
         st.order = vec![Slot::A, Slot::B];
     });
-    let mut agent = host.agent(&server, Slot::A, "boot-2", "0.1.0");
+    // PID 1 left why the last trial boot of 0.2.0 failed.
+    let record = host.dir.path().join("trial-failure.json");
+    atoll_common::trial::TrialFailure {
+        slot: Slot::B,
+        version: "0.2.0".into(),
+        reason: "not ready after 120 s (ready_deadline)".into(),
+    }
+    .save(&record)
+    .unwrap();
+    let mut c = host.config(
+        &server,
+        Slot::A,
+        "boot-2",
+        "0.1.0",
+        UpdateStrategy::Immediate,
+    );
+    c.trial_record = Some(record.clone());
+    let mut agent = Agent::new(c).unwrap();
     // Settled as soon as the agent starts, before any check.
     assert_eq!(
         agent.settle().unwrap(),
@@ -485,7 +502,12 @@ fn a_rollback_puts_the_release_on_the_bad_list_and_it_is_not_reinstalled() {
     );
     let wire: atoll_common::api::UpdateStatus =
         serde_json::from_value(serde_json::to_value(agent.status().unwrap()).unwrap()).unwrap();
-    assert!(wire.bad["0.2.0"].reason.contains("came back on slot A"));
+    let reason = &wire.bad["0.2.0"].reason;
+    assert!(
+        reason.contains("came back on slot A: its trial boot failed: not ready after 120 s"),
+        "{reason}"
+    );
+    assert!(!record.exists(), "the settled trial record is kept");
     assert_eq!(
         agent.check_once().unwrap(),
         CheckOutcome::UpToDate { waiting: None }

@@ -358,7 +358,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let trial = args.mode == Some(BootMode::Trial);
     let dog: SharedDog = Arc::default();
     if trial {
-        tokio::task::spawn_local(feed_watchdog(dog.clone()));
+        tokio::task::spawn_local(feed_watchdog(dog.clone(), args.slot));
     }
     let mut modules_task = {
         let d = dog.clone();
@@ -771,6 +771,7 @@ async fn assess_trial(
     deadline: Duration,
     slot: Option<Slot>,
 ) -> bool {
+    let trial_slot = slot;
     let slot = slot.map(|s| s.letter()).unwrap_or("?");
     log::info!(
         "trial boot of slot {slot}: waiting up to {} s for the containers to be healthy",
@@ -789,6 +790,7 @@ async fn assess_trial(
                      rebooting without marking it good"
                 ),
             );
+            record_trial_failure(trial_slot, format!("containers {why}"));
             false
         }
     }
@@ -818,7 +820,7 @@ async fn start_virtio_port(ctx: &Arc<api::ApiContext>) {
 /// for at most the ready deadline (`[update] ready_deadline`, or
 /// [`watchdog::DEFAULT_READY_DEADLINE`] until the config is read): a boot
 /// stuck longer is taken as hung.
-async fn feed_watchdog(dog: SharedDog) {
+async fn feed_watchdog(dog: SharedDog, slot: Option<Slot>) {
     let start = tokio::time::Instant::now();
     let deadline = loop {
         let deadline = {
@@ -844,6 +846,32 @@ async fn feed_watchdog(dog: SharedDog) {
             deadline.as_secs()
         ),
     );
+    record_trial_failure(
+        slot,
+        format!("not ready after {} s (ready_deadline)", deadline.as_secs()),
+    );
+}
+
+/// Leaves why this trial boot failed on /var for the update agent, which
+/// puts it in the reason the release goes on the bad list
+/// (docs/updates.md, "Trial boots").
+fn record_trial_failure(slot: Option<Slot>, reason: String) {
+    let Some(slot) = slot else {
+        return;
+    };
+    let version = status::slot_version(Path::new(layout::SLOT_RELEASE))
+        .unwrap_or_else(|| atoll_common::VERSION.to_string());
+    let record = atoll_common::trial::TrialFailure {
+        slot,
+        version,
+        reason,
+    };
+    if let Err(e) = record.save(Path::new(layout::VAR_TRIAL_FAILURE)) {
+        log::warn!(
+            "cannot record why the trial boot failed in {}: {e}",
+            layout::VAR_TRIAL_FAILURE
+        );
+    }
 }
 
 /// The fault a test release asks for ([`layout::SLOT_TEST_FAULT`]), if any.

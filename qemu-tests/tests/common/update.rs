@@ -80,13 +80,15 @@ pub fn payload_requests(server: &HttpFileServer) -> usize {
 /// After the trial boots of `version` in slot B failed and GRUB fell back:
 /// the host runs `v1` from slot A (good), B is not good with no tries left;
 /// the agent has recorded `version` as rolled back and bad and says so (its
-/// status, reason and history); and a check finds `version` again and
-/// leaves it alone: nothing fetched from `server`, nothing offered.
+/// status, a reason saying `why`, and history); and a check finds
+/// `version` again and leaves it alone: nothing fetched from `server`,
+/// nothing offered.
 pub fn check_rolled_back_for_good(
     vm: &Vm,
     server: &HttpFileServer,
     version: &str,
     v1: &str,
+    why: &str,
 ) -> Result<(), VmError> {
     // The host's slot table: A booted (good), B not good, no tries left.
     let host = super::settled_status(vm)?;
@@ -106,8 +108,8 @@ pub fn check_rolled_back_for_good(
     vm.check(
         reason
             .as_deref()
-            .is_some_and(|r| r.contains("came back on slot A")),
-        || format!("the bad release's reason should say what happened: {reason:?}"),
+            .is_some_and(|r| r.contains("came back on slot A") && r.contains(why)),
+        || format!("the bad release's reason should say what happened and {why:?}: {reason:?}"),
     )?;
     vm.check(
         s.current.version.as_deref() == Some(v1)

@@ -261,6 +261,7 @@ fn host_config(
     }
     c.boot = BootEnv::on_esp(&cli.esp);
     c.boot.tries = update.tries;
+    c.trial_record = Some(PathBuf::from(layout::VAR_TRIAL_FAILURE));
     let by_label = SlotDevices::by_label();
     c.devices = SlotDevices {
         a: cli.device_a.clone().unwrap_or(by_label.a),
