@@ -14,7 +14,8 @@ echo "== unit and integration tests"
 cargo test --locked --workspace -- --test-threads=2
 echo "== the DHCP client against dnsmasq (root: network namespaces)"
 cargo test --locked -p atoll-init --lib net::peer_tests -- --ignored
-echo "== fuzzing: the config parser, update metadata, layer unpacking"
+echo "== fuzzing: the config parser, update metadata, grubenv, layer unpacking"
 scripts/fuzz.sh config 30
 scripts/fuzz.sh update_metadata 20
+scripts/fuzz.sh grubenv 20
 scripts/fuzz.sh unpack 20
