@@ -139,6 +139,124 @@ impl Registry {
         Ok(digest.trim().to_string())
     }
 
+    /// Pushes an OCI image index as `repo:tag` over the registry's HTTP
+    /// API, listing manifests already in `repo` (by digest) for the given
+    /// `(architecture, digest)` platforms, all `linux`, in that order.
+    /// Returns the index's digest.
+    pub fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        platforms: &[(&str, &str)],
+    ) -> Result<String, RegistryError> {
+        let mut manifests = Vec::new();
+        for (arch, digest) in platforms {
+            let (status, _, body) = self.http(
+                "GET",
+                &format!("/v2/{repo}/manifests/{digest}"),
+                &[("Accept", OCI_MANIFEST)],
+                &[],
+            )?;
+            if status != 200 {
+                return Err(RegistryError::Command {
+                    command: format!("GET manifest {repo}@{digest}"),
+                    output: format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+                });
+            }
+            manifests.push(serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": body.len(),
+                "platform": { "architecture": arch, "os": "linux" },
+            }));
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+        });
+        let body = serde_json::to_vec(&index).map_err(|e| RegistryError::Command {
+            command: "index JSON".into(),
+            output: e.to_string(),
+        })?;
+        let (status, headers, reply) = self.http(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Content-Type", OCI_INDEX)],
+            &body,
+        )?;
+        if status != 201 {
+            return Err(RegistryError::Command {
+                command: format!("PUT index {repo}:{tag}"),
+                output: format!("HTTP {status}: {}", String::from_utf8_lossy(&reply)),
+            });
+        }
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("docker-content-digest"))
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| RegistryError::Command {
+                command: format!("PUT index {repo}:{tag}"),
+                output: "no Docker-Content-Digest in the reply".into(),
+            })
+    }
+
+    /// One HTTP/1.1 request to the registry (`Connection: close`): status,
+    /// headers and body.
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpReply, RegistryError> {
+        use std::io::{Read, Write};
+        let what = format!("{method} {path}");
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).map_err(io(what.clone()))?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io(what.clone()))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        conn.write_all(req.as_bytes()).map_err(io(what.clone()))?;
+        conn.write_all(body).map_err(io(what.clone()))?;
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).map_err(io(what.clone()))?;
+        let bad = |why: &str| RegistryError::Command {
+            command: what.clone(),
+            output: format!("{why}: {}", String::from_utf8_lossy(&reply)),
+        };
+        let end = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| bad("no end of headers"))?;
+        let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("no status line"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let mut body = reply[end + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+        }
+        Ok((status, headers, body))
+    }
+
     /// The layer digests of `repo_tag`'s manifest.
     pub fn layer_digests(&self, repo_tag: &str) -> Result<Vec<String>, RegistryError> {
         let raw = run(Command::new("skopeo")
@@ -179,6 +297,28 @@ impl Registry {
     /// The registry's own log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+/// Status, headers and body of an HTTP reply.
+type HttpReply = (u16, Vec<(String, String)>, Vec<u8>);
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A chunked transfer-encoded body, joined.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
     }
 }
 

@@ -720,6 +720,25 @@ fn registry_pulls_and_a_published_web_server() -> TestResult {
         &other,
     )?;
     let tool_digest = registry.push(&other, "test/tool:2")?;
+    // A multi-arch image: an OCI index whose first entry is arm64 and
+    // second amd64; each platform's image says which it is.
+    let mut platforms = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let archive = dir.path().join(format!("multi-{arch}.tar"));
+        let line = format!("multi-arch-picked-{arch}");
+        busybox_image(
+            &format!("localhost/test/multi:{arch}"),
+            &["/bin/sh", "-c", &format!("echo {line}")],
+            &archive,
+        )?;
+        platforms.push((
+            arch,
+            registry.push(&archive, &format!("test/multi:{arch}"))?,
+        ));
+    }
+    let entries: Vec<(&str, &str)> = platforms.iter().map(|(a, d)| (*a, d.as_str())).collect();
+    let index_digest = registry.push_index("test/multi", "1", &entries)?;
+    let amd64_digest = platforms[1].1.clone();
     let host = Registry::guest_host();
     let config = format!(
         r#"
@@ -736,6 +755,12 @@ name = "tool"
 image = "{host}/test/tool@{tool_digest}"
 network = "none"
 depends_on = ["web"]
+
+[[containers]]
+name = "multi"
+image = "{host}/test/multi:1"
+network = "none"
+restart = "no"
 "#
     );
     let port = free_port();
@@ -757,6 +782,18 @@ depends_on = ["web"]
         || format!("web: {web:?} (pushed {digest})"),
     )?;
     vm.wait_for("pulled-by-digest", CONTAINER_TIMEOUT)?;
+    // The index resolves to this host's platform (amd64), not its first
+    // entry (its line may come before or after the tool's).
+    let multi = wait_container(&vm, "multi", "exited", |c| {
+        c.state == ContainerState::Exited
+    })?;
+    vm.check(
+        multi.image_digest.as_deref() == Some(amd64_digest.as_str())
+            && multi.exit_code == Some(0)
+            && !vm.console_matches("multi-arch-picked-amd64").is_empty()
+            && vm.console_matches("multi-arch-picked-arm64").is_empty(),
+        || format!("multi: {multi:?} (index {index_digest}, amd64 {amd64_digest})"),
+    )?;
     // From the host, through QEMU's hostfwd to the guest's port 8080, then
     // the bridge's DNAT to the container's port 80.
     let deadline = Instant::now() + Duration::from_secs(30);
