@@ -97,6 +97,15 @@ pub enum Request {
     RemoveImage { image: String },
     /// Remove blobs and unpacked layers no image names.
     Prune,
+    /// Import the images of an OCI archive or a `docker save` tar sent by
+    /// the client (offline, no registry): after this line the client
+    /// sends the archive as [`ImportInput`] lines, then `end`. The answer:
+    /// [`Response::Message`] naming what was imported.
+    Import {
+        /// The name for an image the archive leaves unnamed.
+        #[serde(default)]
+        name: Option<String>,
+    },
     /// Everything about one of the config's containers or pods (`NAME`,
     /// `POD` or `POD/NAME`). The answer: [`Response::Inspect`].
     Inspect { name: String },
@@ -118,6 +127,25 @@ pub enum Request {
 pub struct TermSize {
     pub rows: u16,
     pub cols: u16,
+}
+
+/// Archive bytes per [`ImportInput::Data`] line: base64 makes 64 KiB of
+/// them a line of 87,384 bytes, well under [`MAX_IMPORT_LINE`].
+pub const IMPORT_CHUNK: usize = 48 * 1024;
+/// Longest [`ImportInput`] line the server reads.
+pub const MAX_IMPORT_LINE: usize = 128 * 1024;
+/// Largest archive the server takes through [`Request::Import`].
+pub const MAX_IMPORT_BYTES: u64 = 8 << 30;
+
+/// What the client of a [`Request::Import`] sends after it, one JSON line
+/// each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "import", rename_all = "kebab-case")]
+pub enum ImportInput {
+    /// The next bytes of the archive, base64 (standard alphabet, padded).
+    Data { base64: String },
+    /// The archive is complete.
+    End,
 }
 
 /// What the client of a [`Request::ExecInteractive`] sends after it, one

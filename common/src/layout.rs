@@ -124,6 +124,8 @@ pub const SLOT_UPDATER: &str = "/usr/bin/atoll-updater";
 pub const SLOT_PRELOADED_IMAGES: &str = "/usr/share/atoll/images";
 /// The container image store on DATA.
 pub const VAR_IMAGES: &str = "/var/lib/atoll/images";
+/// Archives sent through the API's import, while they are imported.
+pub const VAR_IMPORT_DIR: &str = "/var/lib/atoll/import";
 /// Per-container state (overlay upper and work dirs) on DATA.
 pub const VAR_CONTAINERS: &str = "/var/lib/atoll/containers";
 /// Kernel modules live in `/usr/lib/modules/<kernel version>/`.

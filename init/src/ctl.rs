@@ -4,7 +4,7 @@
 //! The API socket may also be the host side of the VM's virtio-serial API
 //! port (a QEMU `-chardev socket`): it speaks the same lines.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -406,6 +406,81 @@ pub enum Command {
     },
     /// `pull`, `rmi`, `prune`: the request; its answer is a line.
     Store(Request),
+    /// `import FILE`: an OCI archive or `docker save` tar (`-`: stdin).
+    Import {
+        file: PathBuf,
+        name: Option<String>,
+    },
+}
+
+/// `import`: sends the archive at `file` (`-`: stdin) as
+/// [`atoll_common::api::ImportInput`] lines, showing progress on stderr
+/// every 16 MiB; returns the host's answer (what it imported).
+pub fn import(client: Client, file: &Path, name: Option<String>) -> Result<String, CtlError> {
+    use atoll_common::api::{ImportInput, IMPORT_CHUNK};
+    use base64::Engine as _;
+    let mut source: Box<dyn Read> = if file == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(file)
+                .map_err(|e| CtlError::Usage(format!("cannot open {}: {e}", file.display())))?,
+        )
+    };
+    let (mut reader, mut writer) = client.send(&Request::Import { name })?;
+    let mut buf = vec![0u8; IMPORT_CHUNK];
+    let mut sent = 0u64;
+    let mut shown = 0u64;
+    let sending = (|| -> Result<(), CtlError> {
+        loop {
+            let n = read_full(&mut source, &mut buf)
+                .map_err(|e| CtlError::Usage(format!("reading {}: {e}", file.display())))?;
+            if n == 0 {
+                break;
+            }
+            let input = ImportInput::Data {
+                base64: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
+            };
+            write_json_line(&mut writer, &input)?;
+            sent += n as u64;
+            if sent - shown >= 16 << 20 {
+                shown = sent;
+                eprintln!("atollctl: sent {}", format_bytes(sent));
+            }
+        }
+        write_json_line(&mut writer, &ImportInput::End)
+    })();
+    let mut message = None;
+    let answer = read_responses(&mut reader, |r| {
+        if let Response::Message { message: m } = r {
+            message = Some(m);
+        }
+        true
+    });
+    // The host's refusal says more than a write that failed because of it.
+    answer?;
+    sending?;
+    message.ok_or_else(|| CtlError::Unexpected("no message in the answer".into()))
+}
+
+/// Reads until `buf` is full or the input ends; how many bytes.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn write_json_line(w: &mut impl Write, value: &impl serde::Serialize) -> Result<(), CtlError> {
+    let mut line = serde_json::to_vec(value).map_err(|e| CtlError::Unexpected(e.to_string()))?;
+    line.push(b'\n');
+    w.write_all(&line).map_err(CtlError::Io)
 }
 
 /// `images`: one line per image.
@@ -940,6 +1015,10 @@ pub fn run(socket: &Path, cmd: Command) -> Result<i32, CtlError> {
                 print!("{}", format_images(&list));
             }
         }
+        Command::Import { file, name } => {
+            let m = import(client, &file, name)?;
+            let _ = writeln!(stdout.lock(), "{m}");
+        }
         Command::Store(req) => {
             let mut got = None;
             client.call(&req, |r| {
@@ -1075,6 +1154,76 @@ pub fn format_update_history(r: &UpdateReport) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    /// `import` against a stand-in server: the request, the archive in
+    /// base64 chunks, `end`; the host's message comes back, and its
+    /// refusal becomes an error.
+    #[test]
+    fn import_streams_the_archive_and_returns_the_answer() {
+        use atoll_common::api::{ImportInput, IMPORT_CHUNK};
+        use base64::Engine as _;
+        let dir = crate::stage2::testutil::TempDir::new("ctl-import");
+        let socket = dir.path().join("api.sock");
+        let archive = dir.path().join("a.tar");
+        let bytes: Vec<u8> = (0..IMPORT_CHUNK * 2 + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&archive, &bytes).unwrap();
+        for refuse in [false, true] {
+            let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+            let server = std::thread::spawn(move || {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let req: Request = serde_json::from_str(&line).unwrap();
+                assert_eq!(
+                    req,
+                    Request::Import {
+                        name: Some("x:1".into())
+                    }
+                );
+                let mut got = Vec::new();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    match serde_json::from_str::<ImportInput>(&line).unwrap() {
+                        ImportInput::Data { base64 } => got.extend(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(base64)
+                                .unwrap(),
+                        ),
+                        ImportInput::End => break,
+                    }
+                }
+                let answer = if refuse {
+                    vec![Response::Error {
+                        message: "importing the archive: no".into(),
+                    }]
+                } else {
+                    vec![
+                        Response::Message {
+                            message: "imported x:1".into(),
+                        },
+                        Response::Done,
+                    ]
+                };
+                let mut conn = conn;
+                for r in answer {
+                    write_json_line(&mut conn, &r).unwrap();
+                }
+                got
+            });
+            let client = Client::connect(&socket).unwrap();
+            let r = import(client, &archive, Some("x:1".into()));
+            assert_eq!(server.join().unwrap(), bytes);
+            match r {
+                Ok(m) => assert!(!refuse && m == "imported x:1", "{m}"),
+                Err(CtlError::Host(m)) => assert!(refuse && m.contains("no"), "{m}"),
+                Err(e) => panic!("{e}"),
+            }
+            std::fs::remove_file(&socket).unwrap();
+        }
+    }
 
     #[test]
     fn run_options_make_a_config_entry() {

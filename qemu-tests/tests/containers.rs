@@ -5,7 +5,8 @@
 //! its published port; limits (memory, pids), capabilities and seccomp seen
 //! from inside; a crash loop restarted with backoff; a pod whose
 //! containers talk over localhost after its init container; exec (also
-//! interactive, on a terminal), logs,
+//! interactive, on a terminal), logs, offline import of an OCI archive
+//! and a `docker save` tar through the API, a multi-arch image,
 //! stop/start; every container stopped cleanly at power-off.
 
 mod common;
@@ -16,8 +17,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{
-    ContainerAction, ContainerState, ContainerStatus, ExecInput, ImageInfo, Inspection, LogRecord,
-    Request, Response, TermSize,
+    ContainerAction, ContainerState, ContainerStatus, ExecInput, ImageInfo, ImportInput,
+    Inspection, LogRecord, Request, Response, TermSize, IMPORT_CHUNK,
 };
 use atoll_common::layout::FW_CFG_CONFIG;
 use qemu_tests::api_client::Session;
@@ -325,6 +326,114 @@ fn adhoc_run(vm: &Vm) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// Sends `archive` through the API's import (as `atollctl import` does);
+/// the answer's message, or the host's error as `Err`.
+fn import(vm: &Vm, archive: &[u8]) -> Result<Result<String, String>, Box<dyn Error>> {
+    use base64::Engine as _;
+    let mut session = Session::open(
+        vm.api_socket(),
+        &Request::Import { name: None },
+        Duration::from_secs(10),
+    )?;
+    for chunk in archive.chunks(IMPORT_CHUNK) {
+        session.send(&ImportInput::Data {
+            base64: base64::engine::general_purpose::STANDARD.encode(chunk),
+        })?;
+    }
+    session.send(&ImportInput::End)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut message = None;
+    loop {
+        match session.next(deadline)? {
+            Response::Message { message: m } => message = Some(m),
+            Response::Done => break,
+            Response::Error { message } => {
+                session.close();
+                return Ok(Err(message));
+            }
+            _ => {}
+        }
+    }
+    session.close();
+    Ok(message.ok_or_else(|| "no message in the import's answer".to_string()))
+}
+
+/// Offline import: an OCI archive and a `docker save` tar (made by
+/// `skopeo copy … docker-archive:`) sent through the API go into the
+/// store under their names and run; a file that is no archive is refused.
+fn offline_import(vm: &Vm) -> Result<(), Box<dyn Error>> {
+    let dir = tempfile::tempdir()?;
+    let oci = dir.path().join("offline.tar");
+    busybox_image(
+        "localhost/test/offline:1",
+        &["/bin/sh", "-c", "echo from-an-oci-archive"],
+        &oci,
+    )?;
+    let source = dir.path().join("saved-oci.tar");
+    busybox_image(
+        "localhost/test/saved:2",
+        &["/bin/sh", "-c", "echo from-docker-save"],
+        &source,
+    )?;
+    let saved = dir.path().join("saved.tar");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci-archive:{}", source.display()))
+        .arg(format!(
+            "docker-archive:{}:localhost/test/saved:2",
+            saved.display()
+        ))
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo copy to a docker-archive: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    for (archive, name, line) in [
+        (&oci, "localhost/test/offline:1", "from-an-oci-archive"),
+        (&saved, "localhost/test/saved:2", "from-docker-save"),
+    ] {
+        let answer = import(vm, &std::fs::read(archive)?)?;
+        vm.check(
+            answer
+                .as_deref()
+                .is_ok_and(|m| m.contains(&format!("imported {name}"))),
+            || format!("importing {}: {answer:?}", archive.display()),
+        )?;
+        let entry = serde_json::json!({
+            "name": "imported",
+            "image": name,
+            "network": "none",
+        });
+        let ran = vm.api(&run_request(entry, false)?)?;
+        vm.check(
+            ran.iter()
+                .any(|r| matches!(r, Response::ExecOutput { data, .. } if data.contains(line)))
+                && ran
+                    .iter()
+                    .any(|r| matches!(r, Response::ExecExit { code: Some(0), .. })),
+            || format!("running the imported {name}: {ran:?}"),
+        )?;
+    }
+    let list = images(vm)?;
+    vm.check(
+        ["localhost/test/offline:1", "localhost/test/saved:2"]
+            .iter()
+            .all(|n| list.iter().any(|i| i.name == *n)),
+        || format!("images after the imports: {list:?}"),
+    )?;
+    let refused = import(vm, b"this is not a tar archive")?;
+    vm.check(
+        refused
+            .as_ref()
+            .is_err_and(|m| m.contains("importing the archive")),
+        || format!("a file that is no archive: {refused:?}"),
+    )?;
+    Ok(())
+}
+
 /// A pod member's spec joins the pod's UTS namespace (by path).
 fn joins_the_pods_uts(spec: &serde_json::Value) -> bool {
     spec["linux"]["namespaces"].as_array().is_some_and(|ns| {
@@ -473,6 +582,7 @@ fn default_config_runs_hello_with_docker_isolation() -> TestResult {
     )?;
 
     adhoc_run(&vm)?;
+    offline_import(&vm)?;
 
     // stop, start, restart.
     action(&vm, "hello", ContainerAction::Stop)?;

@@ -164,6 +164,14 @@ enum Cmd {
     Rmi { image: String },
     /// Remove the blobs and unpacked layers no image names.
     Prune,
+    /// Import the images of an OCI archive or a `docker save` tar into the
+    /// store, with no registry (FILE `-`: standard input).
+    Import {
+        /// Name for an image the archive leaves unnamed.
+        #[arg(long)]
+        name: Option<String>,
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +353,7 @@ fn main() -> ExitCode {
         Cmd::Pull { image } => Command::Store(Request::Pull { image }),
         Cmd::Rmi { image } => Command::Store(Request::RemoveImage { image }),
         Cmd::Prune => Command::Store(Request::Prune),
+        Cmd::Import { name, file } => Command::Import { file, name },
         Cmd::Poweroff => Command::Poweroff,
         Cmd::Reboot => Command::Reboot,
         Cmd::Config(ConfigCmd::Show { json }) => Command::ConfigShow { json },

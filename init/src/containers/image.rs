@@ -114,6 +114,26 @@ pub async fn pull(paths: &ImagePaths, image: &str, who: &str) -> Result<String, 
         .unwrap_or_default())
 }
 
+/// Imports the OCI archive or `docker save` tar at `archive` with
+/// `atoll-runtime import` (a child, as for pulls: PID 1 parses no
+/// archive); returns the names imported.
+pub async fn import_archive(
+    paths: &ImagePaths,
+    archive: &Path,
+    name: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let archive = archive.to_string_lossy();
+    let mut args = Vec::new();
+    if let Some(n) = name {
+        args.extend(["--name", n]);
+    }
+    args.push(&archive);
+    runtime_child(paths, "import", &args, "import", IMPORT_TIMEOUT).await
+}
+
+/// How long an import may take (an archive is on /var already).
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Checks `image`'s signature with `atoll-runtime verify` (the stored one,
 /// else the registry's) against `key` (the config's text); returns the
 /// manifest digest it verified.
@@ -154,7 +174,8 @@ async fn runtime_child(
 ) -> Result<Vec<String>, String> {
     let mut cmd = Command::new(&paths.runtime);
     cmd.arg(command).arg("--store").arg(&paths.store);
-    if paths.config.exists() {
+    // An import needs no registry settings.
+    if command != "import" && paths.config.exists() {
         cmd.arg("--config").arg(&paths.config);
     }
     cmd.args(args)

@@ -20,6 +20,12 @@ pub enum StoreRequest {
     Pull(String),
     Remove(String),
     Prune,
+    /// Import the archive at this path (an OCI archive or a `docker save`
+    /// tar), naming an unnamed image so.
+    Import {
+        archive: std::path::PathBuf,
+        name: Option<String>,
+    },
 }
 
 /// Carries out `request`, answering with one response (an error or the
@@ -59,6 +65,20 @@ pub async fn serve(
             match image::pull(&paths, &name, "pull").await {
                 Ok(digest) => message(format!("{name}: pulled {digest}")),
                 Err(e) => error(format!("pulling {name}: {e}")),
+            }
+        }
+        StoreRequest::Import { archive, name } => {
+            log::info!("importing an archive (sent through the API)");
+            match image::import_archive(&paths, &archive, name.as_deref()).await {
+                Ok(names) if names.is_empty() => error("the archive holds no image".into()),
+                Ok(names) => message(
+                    names
+                        .iter()
+                        .map(|n| format!("imported {n}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                Err(e) => error(format!("importing the archive: {e}")),
             }
         }
         StoreRequest::Remove(reference) => {

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atoll_common::api::{
-    ConfigReport, ConnectReport, LogRecord, NetStatus, Request, Response, Status, MAX_REQUEST_BYTES,
+    ConfigReport, ConnectReport, ImportInput, LogRecord, NetStatus, Request, Response, Status,
+    MAX_IMPORT_BYTES, MAX_IMPORT_LINE, MAX_REQUEST_BYTES,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -313,6 +314,129 @@ where
     }
 }
 
+/// `import`: receives the archive ([`ImportInput`] lines) into a file
+/// under [`atoll_common::layout::VAR_IMPORT_DIR`], has the supervisor import it, and
+/// removes the file. Returns whether the session goes on.
+async fn import<R, W>(
+    reader: &mut BufReader<R>,
+    writer: &mut W,
+    ctx: &ApiContext,
+    name: Option<String>,
+    next: &mut Option<String>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = Path::new(atoll_common::layout::VAR_IMPORT_DIR);
+    let path = dir.join(format!("{}-{n}.tar", std::process::id()));
+    let received = receive_archive(reader, dir, &path, next).await;
+    let answer = match received {
+        Ok(Received::Archive(bytes)) => {
+            log::info!("import: received an archive of {bytes} bytes");
+            let request = crate::containers::images::StoreRequest::Import {
+                archive: path.clone(),
+                name,
+            };
+            ask_supervisor(ctx, |tx| {
+                crate::containers::ActionRequest::Store(request, tx)
+            })
+            .await
+        }
+        Ok(Received::Left) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            log::info!("import: its client left before the end of the archive");
+            return true;
+        }
+        Err(message) => Response::Error {
+            message: format!("import: {message}"),
+        },
+    };
+    let _ = tokio::fs::remove_file(&path).await;
+    send_answer(writer, &answer).await
+}
+
+/// How an import's upload ended.
+enum Received {
+    /// The whole archive, this many bytes.
+    Archive(u64),
+    /// The client left: a new request came instead (kept in `next`).
+    Left,
+}
+
+/// Writes the archive sent as [`ImportInput`] lines to `path`.
+async fn receive_archive<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    dir: &Path,
+    path: &Path,
+    next: &mut Option<String>,
+) -> Result<Received, String> {
+    use base64::Engine as _;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut total = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = MAX_IMPORT_LINE as u64 + 1;
+        match (&mut *reader)
+            .take(limit)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return Err("the client hung up before the end of the archive".into()),
+            Ok(_) if line.len() > MAX_IMPORT_LINE => {
+                return Err(format!("an input line longer than {MAX_IMPORT_LINE} bytes"))
+            }
+            Ok(_) if !line.ends_with(b"\n") => {
+                return Err("the client hung up before the end of the archive".into())
+            }
+            Ok(_) => {}
+        }
+        let input: ImportInput = match serde_json::from_slice(&line) {
+            Ok(i) => i,
+            Err(e) => {
+                if serde_json::from_slice::<Request>(&line).is_ok() {
+                    *next = Some(String::from_utf8_lossy(&line).into_owned());
+                    return Ok(Received::Left);
+                }
+                return Err(format!("input that is not part of an archive: {e}"));
+            }
+        };
+        match input {
+            ImportInput::Data { base64 } => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(base64.as_bytes())
+                    .map_err(|e| {
+                        format!("archive data that is not base64 after {total} bytes: {e}")
+                    })?;
+                total += bytes.len() as u64;
+                if total > MAX_IMPORT_BYTES {
+                    return Err(format!(
+                        "the archive is larger than {} GiB",
+                        MAX_IMPORT_BYTES >> 30
+                    ));
+                }
+                file.write_all(&bytes)
+                    .await
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+            ImportInput::End => {
+                file.flush()
+                    .await
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                return Ok(Received::Archive(total));
+            }
+        }
+    }
+}
+
 /// What came from the client of an interactive exec.
 enum Input {
     /// Input, handed on.
@@ -530,6 +654,9 @@ where
                     Err(message) => Response::Error { message },
                 };
                 send(&mut writer, &r).await
+            }
+            Request::Import { name } => {
+                import(&mut reader, &mut writer, ctx, name, &mut next).await
             }
             Request::Images
             | Request::Pull { .. }
@@ -761,6 +888,62 @@ mod tests {
     };
     use atoll_common::layout;
     use tokio::net::UnixStream;
+
+    #[test]
+    fn an_imported_archive_is_received_whole_or_refused() {
+        use base64::Engine as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let data = |b: &[u8]| format!("{{\"import\":\"data\",\"base64\":\"{}\"}}\n", b64(b));
+        let end = "{\"import\":\"end\"}\n";
+        rt.block_on(async {
+            let tmp = TempDir::new("import");
+            let dir = tmp.path().join("import");
+            let path = dir.join("a.tar");
+            let mut next = None;
+            // Two chunks, then the end: the file holds both.
+            let wire = format!(
+                "{}{}{end}{{\"method\":\"status\"}}\n",
+                data(b"abc"),
+                data(b"def")
+            );
+            let mut reader = BufReader::new(wire.as_bytes());
+            let r = receive_archive(&mut reader, &dir, &path, &mut next).await;
+            assert!(matches!(r, Ok(Received::Archive(6))));
+            assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
+            // What follows is the next request, left in the reader.
+            assert!(
+                matches!(read_line(&mut reader).await, Line::Request(l) if l.contains("status"))
+            );
+            assert!(next.is_none());
+
+            // A request instead of data: the client left; it is served next.
+            let wire = format!("{}{{\"method\":\"status\"}}\n", data(b"abc"));
+            let mut reader = BufReader::new(wire.as_bytes());
+            let r = receive_archive(&mut reader, &dir, &path, &mut next).await;
+            assert!(matches!(r, Ok(Received::Left)));
+            assert!(next.as_deref().is_some_and(|l| l.contains("status")));
+
+            // Bad base64, garbage, a hang-up before the end: errors.
+            for (wire, why) in [
+                (
+                    "{\"import\":\"data\",\"base64\":\"%%\"}\n".to_string(),
+                    "not base64",
+                ),
+                ("junk\n".to_string(), "not part of an archive"),
+                (data(b"abc"), "hung up"),
+            ] {
+                let mut reader = BufReader::new(wire.as_bytes());
+                match receive_archive(&mut reader, &dir, &path, &mut None).await {
+                    Err(e) => assert!(e.contains(why), "{e}"),
+                    Ok(_) => panic!("{wire:?} was taken"),
+                }
+            }
+        });
+    }
 
     #[test]
     fn interactive_input_is_handed_on_until_a_new_client_or_a_hang_up() {
