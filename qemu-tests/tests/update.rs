@@ -14,15 +14,16 @@
 mod common;
 
 use std::error::Error;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{ContainerStatus, Request, Response, UpdateAction};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{history_has, update, wait_update_status, CHECK_TIMEOUT, REPO_IP, REPO_PORT};
+use common::update::{
+    history_has, serve_copy, update, wait_update_status, CHECK_TIMEOUT, REPO_IP, REPO_PORT,
+};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
-use qemu_tests::update_repo::{self, UpdateRepo};
+use qemu_tests::update_repo;
 use qemu_tests::vm::{NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -58,11 +59,6 @@ fn boot(name: &str, server: &HttpFileServer, strategy: &str) -> Result<Vm, VmErr
         .net_user(NetUser::new().guestfwd(REPO_IP, REPO_PORT, server.port()))
         .fw_cfg_string(FW_CFG_CONFIG, config(strategy))
         .start()
-}
-
-fn serve_copy(repo: &UpdateRepo, dir: &Path) -> Result<HttpFileServer, Box<dyn Error>> {
-    let copy = repo.copy_to(&dir.join("repo"))?;
-    Ok(HttpFileServer::serve(&copy)?)
 }
 
 /// a. Version 1 finds version 2, installs it into slot B and reboots into

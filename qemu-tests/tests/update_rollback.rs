@@ -13,11 +13,10 @@
 mod common;
 
 use std::error::Error;
-use std::path::Path;
 use std::time::Duration;
 
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{check_rolled_back_for_good, REPO_IP, REPO_PORT};
+use common::update::{check_rolled_back_for_good, serve_copy, REPO_IP, REPO_PORT};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo::{self, Flavour, UpdateRepo};
@@ -46,11 +45,6 @@ ready_deadline = "{}s"
 "#,
         READY_DEADLINE.as_secs()
     )
-}
-
-fn serve_copy(repo: &UpdateRepo, dir: &Path) -> Result<HttpFileServer, Box<dyn Error>> {
-    let copy = repo.copy_to(&dir.join("repo"))?;
-    Ok(HttpFileServer::serve(&copy)?)
 }
 
 /// Boots version 1 from slot A with the repository behind guestfwd and

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use atoll_common::api::{BootMode, Request, Response, UpdateAction, UpdateReport, UpdateStatus};
 use atoll_common::layout::Slot;
 use qemu_tests::servers::HttpFileServer;
+use qemu_tests::update_repo::UpdateRepo;
 use qemu_tests::vm::{Vm, VmError};
 
 /// Where the test's update repository appears to the guest (guestfwd).
@@ -66,6 +67,15 @@ pub fn wait_update_status(
 /// Whether the agent's history has an event saying `text`.
 pub fn history_has(s: &UpdateStatus, text: &str) -> bool {
     s.history.iter().any(|e| e.what.contains(text))
+}
+
+/// Serves a copy of `repo` (made under `dir`, so a test may change it).
+pub fn serve_copy(
+    repo: &UpdateRepo,
+    dir: &std::path::Path,
+) -> Result<HttpFileServer, Box<dyn std::error::Error>> {
+    let copy = repo.copy_to(&dir.join("repo"))?;
+    Ok(HttpFileServer::serve(&copy)?)
 }
 
 /// How many payload requests the repository has answered.
