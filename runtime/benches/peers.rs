@@ -74,11 +74,19 @@ fn bundle(dir: &Path) -> PathBuf {
 
 /// On a build host with hybrid cgroups (v1 controllers and a v2
 /// `unified` tree), crun refuses to run at all. The benchmark gives itself
-/// a private mount namespace with only cgroup2 on /sys/fs/cgroup, as on
-/// an Atoll host, for all three runtimes alike.
-fn pure_cgroup2() {
+/// a private mount namespace with only cgroup2 on /sys/fs/cgroup, mounted
+/// with `favordynmods` as an Atoll host's PID 1 mounts it
+/// (init/src/stage2/mounts.rs), for all three runtimes alike. The flag
+/// belongs to the hierarchy, so it holds for the whole machine while the
+/// benchmark runs; [`restore_cgroup2`] clears it again if it was not set.
+/// Returns whether it must be cleared afterwards.
+fn pure_cgroup2() -> bool {
+    let before = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(" - cgroup2 ") && l.contains("favordynmods"));
     if !Path::new("/sys/fs/cgroup/unified").exists() {
-        return;
+        return false;
     }
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
@@ -95,10 +103,32 @@ fn pure_cgroup2() {
         "/sys/fs/cgroup",
         Some("cgroup2"),
         MsFlags::empty(),
-        None::<&str>,
+        Some("favordynmods"),
     )
     .expect("mount cgroup2 on /sys/fs/cgroup");
-    println!("(hybrid cgroup host: the runtimes run in a mount namespace with only cgroup2)");
+    println!(
+        "(hybrid cgroup host: the runtimes run in a mount namespace with only cgroup2, \
+         favordynmods as on Atoll)"
+    );
+    !before
+}
+
+/// Clears `favordynmods` on the cgroup2 hierarchy again (a remount with no
+/// options), when [`pure_cgroup2`] set it.
+fn restore_cgroup2(clear: bool) {
+    if !clear {
+        return;
+    }
+    use nix::mount::{mount, MsFlags};
+    if let Err(e) = mount(
+        None::<&str>,
+        "/sys/fs/cgroup",
+        None::<&str>,
+        MsFlags::MS_REMOUNT,
+        Some(""),
+    ) {
+        println!("(could not clear favordynmods on cgroup2 again: {e})");
+    }
 }
 
 /// atoll-runtime makes no cgroup for a spec without limits (runc's
@@ -372,8 +402,9 @@ fn main() {
         println!("skipped: needs root and {BUSYBOX}");
         return;
     }
-    pure_cgroup2();
+    let clear_favordynmods = pure_cgroup2();
     let dir = tempfile::tempdir().expect("temp dir");
     bench_lifecycle(dir.path());
+    restore_cgroup2(clear_favordynmods);
     bench_pull(dir.path());
 }

@@ -143,9 +143,18 @@ pub const BASE: [MountSpec; 8] = [
         target: "/sys/fs/cgroup",
         fs_type: "cgroup2",
         flags: NOSUID_NODEV_NOEXEC,
-        data: Some("nsdelegate"),
+        data: Some(CGROUP2_OPTIONS),
     },
 ];
+
+/// cgroup2's options: `nsdelegate`, and `favordynmods` (Linux 6.0), which
+/// makes moving a process into a cgroup cheap (no RCU grace period per
+/// move) at a small cost to fork and exit: a container host moves every
+/// container's first process, and every exec, into a cgroup. Measured in
+/// docs/BENCHMARKS.md ("Container runtime").
+pub const CGROUP2_OPTIONS: &str = "nsdelegate,favordynmods";
+/// The options on a kernel that does not know `favordynmods`.
+const CGROUP2_OPTIONS_OLD: &str = "nsdelegate";
 
 /// The base mounts not yet present in `mounted`.
 pub fn missing<'a>(mounted: &[MountInfo], specs: &'a [MountSpec]) -> Vec<&'a MountSpec> {
@@ -169,13 +178,21 @@ pub fn mount_base() -> Vec<MountError> {
     let mut errors = Vec::new();
     for spec in missing(&mounted, &BASE) {
         let _ = std::fs::create_dir_all(spec.target);
-        if let Err(source) = nix::mount::mount(
-            Some(spec.source),
-            spec.target,
-            Some(spec.fs_type),
-            spec.flags,
-            spec.data,
-        ) {
+        let mount = |data: Option<&str>| {
+            nix::mount::mount(
+                Some(spec.source),
+                spec.target,
+                Some(spec.fs_type),
+                spec.flags,
+                data,
+            )
+        };
+        let mut result = mount(spec.data);
+        if result == Err(Errno::EINVAL) && spec.data == Some(CGROUP2_OPTIONS) {
+            log::info!("cgroup2 without favordynmods (the kernel does not know it)");
+            result = mount(Some(CGROUP2_OPTIONS_OLD));
+        }
+        if let Err(source) = result {
             errors.push(MountError {
                 target: spec.target.into(),
                 fs_type: spec.fs_type.into(),
