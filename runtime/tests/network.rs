@@ -173,7 +173,20 @@ fn listen(ns: &Netns, port: u16) -> (mpsc::Receiver<Option<SocketAddr>>, impl Dr
     let nsfile = File::open(format!("/proc/{}/ns/net", ns.pid())).expect("open the netns");
     let handle = thread::spawn(move || {
         nix::sched::setns(nsfile.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind listener");
+        // The last connection on this port may still be closing (its
+        // peer's FIN not in yet): wait for the port rather than fail.
+        let bind_until = Instant::now() + WAIT;
+        let l = loop {
+            match TcpListener::bind(("0.0.0.0", port)) {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < bind_until =>
+                {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("bind listener on {port}: {e}"),
+            }
+        };
         l.set_nonblocking(true).expect("nonblocking listener");
         ready_tx.send(()).expect("listener ready");
         let deadline = Instant::now() + WAIT;
