@@ -105,9 +105,7 @@ impl Client {
         req: &Request,
         each: impl FnMut(Response) -> bool,
     ) -> Result<(), CtlError> {
-        let mut line = serde_json::to_vec(req).map_err(|e| CtlError::Unexpected(e.to_string()))?;
-        line.push(b'\n');
-        self.writer.write_all(&line).map_err(CtlError::Io)?;
+        write_json_line(&mut self.writer, req).map_err(CtlError::Io)?;
         read_responses(&mut self.reader, each)
     }
 
@@ -115,9 +113,7 @@ impl Client {
     /// two halves (read, write).
     pub fn send(self, req: &Request) -> Result<(BufReader<UnixStream>, UnixStream), CtlError> {
         let mut writer = self.writer;
-        let mut line = serde_json::to_vec(req).map_err(|e| CtlError::Unexpected(e.to_string()))?;
-        line.push(b'\n');
-        writer.write_all(&line).map_err(CtlError::Io)?;
+        write_json_line(&mut writer, req).map_err(CtlError::Io)?;
         Ok((self.reader, writer))
     }
 
@@ -428,27 +424,30 @@ pub fn import(client: Client, file: &Path, name: Option<String>) -> Result<Strin
         )
     };
     let (mut reader, mut writer) = client.send(&Request::Import { name })?;
-    let mut buf = vec![0u8; IMPORT_CHUNK];
+    let mut buf = Vec::with_capacity(IMPORT_CHUNK);
     let mut sent = 0u64;
     let mut shown = 0u64;
     let sending = (|| -> Result<(), CtlError> {
         loop {
-            let n = read_full(&mut source, &mut buf)
+            buf.clear();
+            let n = (&mut source)
+                .take(IMPORT_CHUNK as u64)
+                .read_to_end(&mut buf)
                 .map_err(|e| CtlError::Usage(format!("reading {}: {e}", file.display())))?;
             if n == 0 {
                 break;
             }
             let input = ImportInput::Data {
-                base64: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
+                base64: base64::engine::general_purpose::STANDARD.encode(&buf),
             };
-            write_json_line(&mut writer, &input)?;
+            write_json_line(&mut writer, &input).map_err(CtlError::Io)?;
             sent += n as u64;
             if sent - shown >= 16 << 20 {
                 shown = sent;
                 eprintln!("atollctl: sent {}", format_bytes(sent));
             }
         }
-        write_json_line(&mut writer, &ImportInput::End)
+        write_json_line(&mut writer, &ImportInput::End).map_err(CtlError::Io)
     })();
     let mut message = None;
     let answer = read_responses(&mut reader, |r| {
@@ -463,24 +462,15 @@ pub fn import(client: Client, file: &Path, name: Option<String>) -> Result<Strin
     message.ok_or_else(|| CtlError::Unexpected("no message in the answer".into()))
 }
 
-/// Reads until `buf` is full or the input ends; how many bytes.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn write_json_line(w: &mut impl Write, value: &impl serde::Serialize) -> Result<(), CtlError> {
-    let mut line = serde_json::to_vec(value).map_err(|e| CtlError::Unexpected(e.to_string()))?;
+/// Writes `value` as one line of JSON: how every request and every input
+/// line goes to the API.
+pub(crate) fn write_json_line(
+    w: &mut impl Write,
+    value: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line).map_err(CtlError::Io)
+    w.write_all(&line)
 }
 
 /// `images`: one line per image.

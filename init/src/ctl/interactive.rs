@@ -5,7 +5,7 @@
 //! `-t` the local terminal is in raw mode meanwhile, so keys (^C, ^D, ^Z)
 //! go to the container's terminal, and it is restored on every way out.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use atoll_common::api::{ExecInput, Request, Response, TermSize};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use super::{exit, Client, CtlError};
+use super::{exit, write_json_line, Client, CtlError};
 use crate::utf8::Utf8Chunks;
 
 /// How often the window size is looked at (there is no SIGWINCH handler).
@@ -62,12 +62,6 @@ impl Drop for RawMode {
     }
 }
 
-fn send_input(writer: &mut UnixStream, input: &ExecInput) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(input).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    writer.write_all(&line)
-}
-
 /// Copies stdin to the host until it ends (then says so) or the host
 /// goes away.
 fn pump_stdin(mut writer: UnixStream) {
@@ -82,15 +76,15 @@ fn pump_stdin(mut writer: UnixStream) {
             Err(_) => break,
         };
         let data = text.push(&buf[..n]);
-        if !data.is_empty() && send_input(&mut writer, &ExecInput::Data { data }).is_err() {
+        if !data.is_empty() && write_json_line(&mut writer, &ExecInput::Data { data }).is_err() {
             return;
         }
     }
     let data = text.finish();
     if !data.is_empty() {
-        let _ = send_input(&mut writer, &ExecInput::Data { data });
+        let _ = write_json_line(&mut writer, &ExecInput::Data { data });
     }
-    let _ = send_input(&mut writer, &ExecInput::Eof);
+    let _ = write_json_line(&mut writer, &ExecInput::Eof);
 }
 
 /// Sends the window size each time it changes, until the host goes away.
@@ -99,7 +93,7 @@ fn pump_resizes(mut writer: UnixStream, mut last: Option<TermSize>) {
         std::thread::sleep(RESIZE_POLL);
         let now = window_size(std::io::stdin().as_fd());
         if let Some(size) = now.filter(|s| Some(*s) != last) {
-            if send_input(&mut writer, &ExecInput::Resize(size)).is_err() {
+            if write_json_line(&mut writer, &ExecInput::Resize(size)).is_err() {
                 return;
             }
             last = Some(size);
@@ -193,14 +187,14 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let mut line = Vec::new();
         let mut w = a;
-        send_input(
+        write_json_line(
             &mut w,
             &ExecInput::Data {
                 data: "ls\n".into(),
             },
         )
         .unwrap();
-        send_input(&mut w, &ExecInput::Eof).unwrap();
+        write_json_line(&mut w, &ExecInput::Eof).unwrap();
         drop(w);
         std::io::BufReader::new(b).read_to_end(&mut line).unwrap();
         assert_eq!(
