@@ -102,7 +102,7 @@ fn import(store: &Store, paths: &ImagePaths, name: &str, p: &Preloaded) -> Resul
 /// after `who` (`container NAME`). Returns the manifest digest pulled; the
 /// error is the pull's last error line.
 pub async fn pull(paths: &ImagePaths, image: &str, who: &str) -> Result<String, String> {
-    let lines = runtime_child(paths, "pull", &[image], who, PULL_TIMEOUT).await?;
+    let lines = runtime_child(paths, "pull", &[image], who, true, PULL_TIMEOUT).await?;
     // `IMAGE: pulled sha256:…`
     Ok(lines
         .iter()
@@ -128,7 +128,7 @@ pub async fn import_archive(
         args.extend(["--name", n]);
     }
     args.push(&archive);
-    runtime_child(paths, "import", &args, "import", IMPORT_TIMEOUT).await
+    runtime_child(paths, "import", &args, "import", false, IMPORT_TIMEOUT).await
 }
 
 /// How long an import may take (an archive is on /var already).
@@ -148,6 +148,7 @@ pub async fn verify(
         "verify",
         &["--key", key, image],
         &format!("container {container}"),
+        true,
         Duration::from_secs(5 * 60),
     )
     .await?;
@@ -164,18 +165,19 @@ pub async fn verify(
 }
 
 /// Runs `atoll-runtime COMMAND --store … [--config …] ARGS`, logging its
-/// stdout lines after `who`; returns them, or its last error line.
+/// stdout lines after `who`; returns them, or its last error line. A
+/// command that talks to `registries` gets the config (`[registries]`).
 async fn runtime_child(
     paths: &ImagePaths,
     command: &str,
     args: &[&str],
     who: &str,
+    registries: bool,
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
     let mut cmd = Command::new(&paths.runtime);
     cmd.arg(command).arg("--store").arg(&paths.store);
-    // An import needs no registry settings.
-    if command != "import" && paths.config.exists() {
+    if registries && paths.config.exists() {
         cmd.arg("--config").arg(&paths.config);
     }
     cmd.args(args)
