@@ -81,6 +81,9 @@ pub struct MountSpec {
     pub fs_type: &'static str,
     pub flags: MsFlags,
     pub data: Option<&'static str>,
+    /// The options to mount with instead when the kernel refuses `data`
+    /// (EINVAL: an option it does not know yet).
+    pub older_kernels: Option<&'static str>,
 }
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
@@ -95,6 +98,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "proc",
         flags: NOSUID_NODEV_NOEXEC,
         data: None,
+        older_kernels: None,
     },
     MountSpec {
         source: "sysfs",
@@ -102,6 +106,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "sysfs",
         flags: NOSUID_NODEV_NOEXEC,
         data: None,
+        older_kernels: None,
     },
     MountSpec {
         source: "devtmpfs",
@@ -109,6 +114,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "devtmpfs",
         flags: MsFlags::MS_NOSUID,
         data: Some("mode=0755"),
+        older_kernels: None,
     },
     MountSpec {
         source: "tmpfs",
@@ -116,6 +122,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: Some("mode=0755"),
+        older_kernels: None,
     },
     MountSpec {
         source: "devpts",
@@ -123,6 +130,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "devpts",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
         data: Some("mode=0620,ptmxmode=0666"),
+        older_kernels: None,
     },
     MountSpec {
         source: "tmpfs",
@@ -130,6 +138,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: Some("mode=1777"),
+        older_kernels: None,
     },
     MountSpec {
         source: "tmpfs",
@@ -137,6 +146,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: Some("mode=1777"),
+        older_kernels: None,
     },
     MountSpec {
         source: "cgroup2",
@@ -144,6 +154,7 @@ pub const BASE: [MountSpec; 8] = [
         fs_type: "cgroup2",
         flags: NOSUID_NODEV_NOEXEC,
         data: Some(CGROUP2_OPTIONS),
+        older_kernels: Some("nsdelegate"),
     },
 ];
 
@@ -153,8 +164,6 @@ pub const BASE: [MountSpec; 8] = [
 /// container's first process, and every exec, into a cgroup. Measured in
 /// docs/BENCHMARKS.md ("Container runtime").
 pub const CGROUP2_OPTIONS: &str = "nsdelegate,favordynmods";
-/// The options on a kernel that does not know `favordynmods`.
-const CGROUP2_OPTIONS_OLD: &str = "nsdelegate";
 
 /// The base mounts not yet present in `mounted`.
 pub fn missing<'a>(mounted: &[MountInfo], specs: &'a [MountSpec]) -> Vec<&'a MountSpec> {
@@ -188,9 +197,14 @@ pub fn mount_base() -> Vec<MountError> {
             )
         };
         let mut result = mount(spec.data);
-        if result == Err(Errno::EINVAL) && spec.data == Some(CGROUP2_OPTIONS) {
-            log::info!("cgroup2 without favordynmods (the kernel does not know it)");
-            result = mount(Some(CGROUP2_OPTIONS_OLD));
+        if let (Err(Errno::EINVAL), Some(older)) = (result, spec.older_kernels) {
+            log::info!(
+                "{} on {}: options {:?} refused, mounting with {older:?}",
+                spec.fs_type,
+                spec.target,
+                spec.data.unwrap_or_default()
+            );
+            result = mount(Some(older));
         }
         if let Err(source) = result {
             errors.push(MountError {
