@@ -104,19 +104,21 @@ pub async fn serve_socket(listener: UnixListener, ctx: Arc<ApiContext>) {
 }
 
 enum Line {
-    Request(String),
+    /// A whole line (its newline included).
+    Text(String),
     TooLong,
     Eof,
 }
 
-async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Line {
+/// One line of at most `max` bytes.
+async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, max: usize) -> Line {
     let mut buf = Vec::new();
-    let limit = MAX_REQUEST_BYTES as u64 + 1;
+    let limit = max as u64 + 1;
     match (&mut *reader).take(limit).read_until(b'\n', &mut buf).await {
         Ok(0) | Err(_) => Line::Eof,
-        Ok(_) if buf.len() > MAX_REQUEST_BYTES => Line::TooLong,
+        Ok(_) if buf.len() > max => Line::TooLong,
         Ok(_) if !buf.ends_with(b"\n") => Line::Eof, // hung up mid-line
-        Ok(_) => Line::Request(String::from_utf8_lossy(&buf).into_owned()),
+        Ok(_) => Line::Text(String::from_utf8_lossy(&buf).into_owned()),
     }
 }
 
@@ -381,29 +383,19 @@ async fn receive_archive<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let mut total = 0u64;
-    let mut line = Vec::new();
     loop {
-        line.clear();
-        let limit = MAX_IMPORT_LINE as u64 + 1;
-        match (&mut *reader)
-            .take(limit)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return Err("the client hung up before the end of the archive".into()),
-            Ok(_) if line.len() > MAX_IMPORT_LINE => {
+        let line = match read_line(reader, MAX_IMPORT_LINE).await {
+            Line::Text(l) => l,
+            Line::TooLong => {
                 return Err(format!("an input line longer than {MAX_IMPORT_LINE} bytes"))
             }
-            Ok(_) if !line.ends_with(b"\n") => {
-                return Err("the client hung up before the end of the archive".into())
-            }
-            Ok(_) => {}
-        }
-        let input: ImportInput = match serde_json::from_slice(&line) {
+            Line::Eof => return Err("the client hung up before the end of the archive".into()),
+        };
+        let input: ImportInput = match serde_json::from_str(&line) {
             Ok(i) => i,
             Err(e) => {
-                if serde_json::from_slice::<Request>(&line).is_ok() {
-                    *next = Some(String::from_utf8_lossy(&line).into_owned());
+                if serde_json::from_str::<Request>(&line).is_ok() {
+                    *next = Some(line);
                     return Ok(Received::Left);
                 }
                 return Err(format!("input that is not part of an archive: {e}"));
@@ -520,11 +512,11 @@ where
     let mut next: Option<String> = None;
     loop {
         let line = match next.take() {
-            Some(l) => Line::Request(l),
-            None => read_line(&mut reader).await,
+            Some(l) => Line::Text(l),
+            None => read_line(&mut reader, MAX_REQUEST_BYTES).await,
         };
         let line = match line {
-            Line::Request(l) => l,
+            Line::Text(l) => l,
             Line::Eof => return,
             Line::TooLong => {
                 let _ = send(
@@ -916,7 +908,7 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
             // What follows is the next request, left in the reader.
             assert!(
-                matches!(read_line(&mut reader).await, Line::Request(l) if l.contains("status"))
+                matches!(read_line(&mut reader, MAX_REQUEST_BYTES).await, Line::Text(l) if l.contains("status"))
             );
             assert!(next.is_none());
 
