@@ -5,7 +5,6 @@
 //! atomically: a temporary file, fsync, rename, fsync of the directory.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -324,20 +323,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 
 /// Removes `path` if it exists and fsyncs its directory.
 pub fn remove_durably(path: &Path) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
+    atoll_common::fsutil::remove_durably(path).map_err(|source| StateError::Write {
         path: path.to_owned(),
         source,
-    };
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(e)),
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    })
 }
 
 #[cfg(test)]
