@@ -37,6 +37,7 @@ pub mod registries;
 pub mod system;
 pub mod units;
 pub mod update;
+pub mod userns;
 pub mod value;
 pub mod workload;
 
@@ -59,6 +60,7 @@ pub use self::registries::{Credential, Registries, REDACTED};
 pub use self::system::{Ntp, SysctlValue};
 pub use self::units::ByteSize;
 pub use self::update::{TimeOfDay, Update, UpdateStrategy, UpdateWindow, UtcOffset, Weekday};
+pub use self::userns::{IdRange, UserNamespace};
 pub use self::value::{KeyPath, Parsed, Segment, TextValue, ValidationError};
 pub use self::workload::{
     Container, Healthcheck, NetworkMode, Pod, PortMapping, Protocol, RestartPolicy, SignatureKey,

@@ -206,6 +206,7 @@ fn container(name: String) -> impl Strategy<Value = Container> {
                     capabilities_add: cap_add.into_iter().map(String::from).collect(),
                     capabilities_drop: cap_drop.into_iter().map(String::from).collect(),
                     privileged,
+                    user_namespace: UserNamespace::Off,
                     depends_on: Vec::new(),
                     healthcheck: hc.map(|(command, interval, timeout, retries, start_period)| {
                         Healthcheck {

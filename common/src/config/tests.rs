@@ -505,6 +505,99 @@ depends_on = ["p"]
 }
 
 #[test]
+fn user_namespace_key() {
+    let c = ok(r#"
+[[containers]]
+name = "auto"
+image = "x"
+user_namespace = true
+
+[[containers]]
+name = "pinned"
+image = "x"
+user_namespace = { uid = 200000, gid = 300000, size = 1000 }
+
+[[containers]]
+name = "plain"
+image = "x"
+user_namespace = false
+"#);
+    assert_eq!(c.containers[0].user_namespace, UserNamespace::Auto);
+    assert_eq!(
+        c.containers[1].user_namespace,
+        UserNamespace::Explicit(IdRange {
+            uid: 200_000,
+            gid: 300_000,
+            size: 1000
+        })
+    );
+    assert!(c.containers[2].user_namespace.is_off());
+    // The effective config reads back the same (`false` is left out).
+    let text = c.to_toml();
+    assert_eq!(text.matches("user_namespace").count(), 2, "{text}");
+    assert_eq!(ok(&text), c);
+    let r = userns::ranges(&c.containers);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r["pinned"].uid, 200_000);
+
+    let e = err(r#"
+[[containers]]
+name = "a"
+image = "x"
+user_namespace = { uid = 200000, gid = 200000, size = 65536 }
+
+[[containers]]
+name = "b"
+image = "x"
+user_namespace = { uid = 250000, gid = 900000, size = 10 }
+
+[[containers]]
+name = "low"
+image = "x"
+user_namespace = { uid = 1000, gid = 200000000, size = 10 }
+
+[[containers]]
+name = "priv"
+image = "x"
+privileged = true
+user_namespace = true
+
+[[containers]]
+name = "hostnet"
+image = "x"
+network = "host"
+user_namespace = true
+
+[[pods]]
+name = "p"
+[[pods.containers]]
+name = "c"
+image = "x"
+user_namespace = true
+"#);
+    for want in [
+        "key `containers[1].user_namespace`: uids 250000-250009, gids 900000-900009 overlaps the range of `containers[0].user_namespace`",
+        "key `containers[2].user_namespace`: `uid` = 1000 is below 100000",
+        "key `containers[3].user_namespace`: a privileged container",
+        "key `containers[4].user_namespace`: a user namespace needs a network namespace of its own",
+        "key `pods[0].containers[0].user_namespace`: a pod's containers share the pod's network",
+    ] {
+        assert!(e.contains(want), "{want}\n{e}");
+    }
+    let e = err("[[containers]]\nname = \"a\"\nimage = \"x\"\nuser_namespace = \"yes\"\n");
+    assert!(e.contains("key `containers[0].user_namespace`"), "{e}");
+    assert!(e.contains("true, false, or a table"), "{e}");
+    let e = err(
+        "[[containers]]\nname = \"a\"\nimage = \"x\"\nuser_namespace = { uid = 200000, size = 5 }\n",
+    );
+    assert!(e.contains("missing field `gid`"), "{e}");
+    let e = err(
+        "[[containers]]\nname = \"a\"\nimage = \"x\"\nuser_namespace = { uid = 200000, gid = 200000, size = 5, shift = 1 }\n",
+    );
+    assert!(e.contains("unknown field `shift`"), "{e}");
+}
+
+#[test]
 fn registry_and_admin_rules() {
     let e = err("[registries.mirrors]\n\"docker.io\" = [\"mirror.gcr.io\"]\n[[registries.credentials]]\nregistry = \"ghcr.io\"\ntoken = \"t\"\nusername = \"u\"\n[admin]\nenabled = true\nssh_authorized_keys = [\"ssh-rsa nope\"]\n");
     for want in [

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{check_absolute_path, check_var_path};
 use super::units::ByteSize;
+use super::userns::{self, UserNamespace};
 use super::value::{KeyPath, Parsed, TextValue, ValidationError};
 
 /// `[[containers]]` (and the entries of a pod's `containers` and `init_containers`).
@@ -54,6 +55,10 @@ pub struct Container {
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
     pub privileged: bool,
+    /// Run in a user namespace of its own: `true` (a range of host ids
+    /// the host chooses) or `{ uid, gid, size }` (see [`userns`]).
+    #[serde(skip_serializing_if = "UserNamespace::is_off")]
+    pub user_namespace: UserNamespace,
     /// Containers or pods that must be started first.
     pub depends_on: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -421,6 +426,9 @@ impl Container {
                     "a pod restarts as a whole: set `restart` on the pod".into(),
                 );
             }
+            if !self.user_namespace.is_off() {
+                err(errors, "user_namespace", userns::IN_POD.into());
+            }
         }
         let mut targets: Vec<&str> = Vec::new();
         for (i, v) in self.volumes.iter().enumerate() {
@@ -619,6 +627,7 @@ pub(crate) fn validate_workloads(
     for (i, c) in containers.iter().enumerate() {
         c.validate(&root.key("containers").index(i), Place::TopLevel, errors);
     }
+    userns::validate(containers, &root.key("containers"), errors);
     for (i, p) in pods.iter().enumerate() {
         p.validate(&root.key("pods").index(i), errors);
     }
