@@ -11,12 +11,16 @@
 //! ROOT/ingest/HEX                 partial downloads (kept for resume)
 //! ROOT/tmp/                       blobs being verified, layers being unpacked
 //! ROOT/lock                       flock: shared for writers, exclusive for GC
+//! ROOT/index.lock                 flock: exclusive while index.json is read,
+//!                                 changed and written back
 //! ```
 //!
 //! Crash safety: every file is written under `tmp/`, fsynced, checked and
 //! then renamed into place, and the directory fsynced; a layer is unpacked
 //! into `tmp/`, synced with `syncfs` and renamed whole. `index.json` is
-//! replaced the same way, and only after everything it names is in place.
+//! replaced the same way, and only after everything it names is in place;
+//! each change to it holds `index.lock`, so pulls in separate processes
+//! do not drop each other's names.
 //! So a power cut at any point leaves the last index.json, complete blobs
 //! and layers, and garbage under `tmp/` and `ingest/` that [`Store::gc`]
 //! removes; never a half blob or half layer under its final name.
@@ -154,6 +158,7 @@ impl Store {
             }
             Err(e) => return Err(io_err("reading", &layout)(e)),
         }
+        let _index = store.lock_file("index.lock", FlockOperation::LockExclusive)?;
         if !root.join("index.json").exists() {
             store.write_index(&ImageIndex {
                 schema_version: 2,
@@ -172,16 +177,17 @@ impl Store {
     /// Takes the store lock shared: hold it across a pull or an import so
     /// that a GC does not sweep blobs that are not yet in index.json.
     pub fn lock_shared(&self) -> Result<StoreLock, StoreError> {
-        self.lock(FlockOperation::LockShared)
+        self.lock_file("lock", FlockOperation::LockShared)
     }
 
     /// Takes the store lock exclusively (GC does).
     pub fn lock_exclusive(&self) -> Result<StoreLock, StoreError> {
-        self.lock(FlockOperation::LockExclusive)
+        self.lock_file("lock", FlockOperation::LockExclusive)
     }
 
-    fn lock(&self, op: FlockOperation) -> Result<StoreLock, StoreError> {
-        let path = self.root.join("lock");
+    /// Takes `flock` `op` on `ROOT/name`.
+    fn lock_file(&self, name: &str, op: FlockOperation) -> Result<StoreLock, StoreError> {
+        let path = self.root.join(name);
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -379,6 +385,22 @@ impl Store {
         }
     }
 
+    /// Reads index.json, lets `change` edit it and writes it back if it
+    /// says it changed something; all under `index.lock`. Returns what
+    /// `change` said.
+    fn update_index(
+        &self,
+        change: impl FnOnce(&mut ImageIndex) -> bool,
+    ) -> Result<bool, StoreError> {
+        let _lock = self.lock_file("index.lock", FlockOperation::LockExclusive)?;
+        let mut index = self.index()?;
+        if !change(&mut index) {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
     fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
         let path = self.root.join("index.json");
         let bytes = serde_json::to_vec_pretty(index).map_err(|source| StoreError::Metadata {
@@ -411,31 +433,30 @@ impl Store {
                 });
             }
         }
-        let mut index = self.index()?;
-        index
-            .manifests
-            .retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
         let mut entry = Descriptor::new(&descriptor.media_type, descriptor.digest, descriptor.size);
         entry.platform = descriptor.platform.clone();
         entry
             .annotations
             .insert(ANNOTATION_REF_NAME.to_owned(), name.to_owned());
-        index.manifests.push(entry);
-        self.write_index(&index)
+        self.update_index(|index| {
+            index.manifests.retain(|d| {
+                d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name)
+            });
+            index.manifests.push(entry);
+            true
+        })
+        .map(|_| ())
     }
 
     /// Removes the name; the content stays until [`Store::gc`].
     pub fn untag(&self, name: &str) -> Result<bool, StoreError> {
-        let mut index = self.index()?;
-        let before = index.manifests.len();
-        index
-            .manifests
-            .retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
-        if index.manifests.len() == before {
-            return Ok(false);
-        }
-        self.write_index(&index)?;
-        Ok(true)
+        self.update_index(|index| {
+            let before = index.manifests.len();
+            index.manifests.retain(|d| {
+                d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name)
+            });
+            index.manifests.len() != before
+        })
     }
 
     /// The image named `name`, with its manifest and config read and
@@ -812,6 +833,28 @@ mod tests {
         assert_eq!(store.images().unwrap().len(), 2);
         let e = store.image("docker.io/library/nope:1").unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn concurrent_tags_keep_every_name() {
+        // As pulls in separate processes tag at once: none may drop
+        // another's name by writing back an index.json it read before.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = add_image(&store, "base", &[tar_of(&[E::File("x", b"x")])]);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (store, d) = (&store, &d);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        store.tag(&format!("t{t}:{i}"), d).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.images().unwrap().len(), 81);
+        assert!(store.untag("t0:0").unwrap());
+        assert_eq!(store.images().unwrap().len(), 80);
     }
 
     #[test]
