@@ -17,12 +17,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A container in a user namespace gets its image's layers through
+//! idmapped mounts ([`idmap`]).
+//!
 //! Also: [`exec`] (a process in a running container's namespaces) and
 //! [`sandbox`] (a pod's namespace holder); a spec's namespaces with a
 //! `path` are joined, as a pod's containers join the sandbox's.
 
 pub mod cgroup;
 pub mod exec;
+pub mod idmap;
 pub mod process;
 pub mod rootfs;
 pub mod sandbox;

@@ -3,6 +3,8 @@
 //! ```text
 //! caller ──fork──▶ setup process (single-threaded from here on)
 //!   │                setns into the namespaces given by path (user first)
+//!   │                with a user namespace and an overlay: unshare(NEWNS),
+//!   │                  the overlay of idmapped layers (see [`super::idmap`])
 //!   │                unshare(NEWUSER) if asked ──"U"──▶ caller writes uid/gid maps
 //!   │                (caller moves it into the cgroup) ◀──"G"──
 //!   │                unshare(NEWNS|NEWPID|NEWIPC|NEWUTS|NEWNET|NEWCGROUP)
@@ -49,6 +51,7 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 use seccompiler::BpfProgram;
 
 use super::cgroup::{Cgroup, CgroupError};
+use super::idmap::{self, IdmapError, IdmappedOverlay};
 use super::rootfs::{self, RootfsSource};
 use super::seccomp::{self, SeccompError};
 use super::spec::{
@@ -85,6 +88,10 @@ pub enum ProcessError {
     },
     #[error("moving the container into its cgroup")]
     Cgroup(#[from] CgroupError),
+    #[error("preparing the root filesystem for the user namespace")]
+    Idmap(#[from] IdmapError),
+    #[error("giving the exec fifo to the container's root")]
+    ExecFifo(#[source] Errno),
     #[error("container setup failed: {0}")]
     Setup(String),
     #[error("waiting for pid {0}")]
@@ -214,6 +221,9 @@ struct Prepared<'a> {
     user_ns: bool,
     /// Namespaces to join, opened before the fork; the user one first.
     join: Vec<(CloneFlags, OwnedFd)>,
+    /// With a new user namespace and an overlay: its idmapped layers,
+    /// mounted by the setup process before it enters the namespace.
+    idmapped: Option<IdmappedOverlay>,
     privileges: Privileges,
     args: Vec<CString>,
     env: Vec<CString>,
@@ -454,6 +464,31 @@ fn prepare<'a>(
     if spec.process.args.is_empty() {
         return Err(ProcessError::NoArgs);
     }
+    let mut idmapped = None;
+    if user_ns {
+        let (uid, gid) = (&spec.linux.uid_mappings, &spec.linux.gid_mappings);
+        if let RootfsSource::Overlay {
+            layers,
+            upper,
+            work,
+        } = rootfs
+        {
+            idmapped = Some(IdmappedOverlay::prepare(layers, upper, work, uid, gid)?);
+        }
+        // The init opens the FIFO as the container's root.
+        if let (Some(fifo), Some((root_uid, root_gid))) =
+            (&options.exec_fifo, idmap::host_root(uid, gid))
+        {
+            nix::unistd::fchownat(
+                Some(fifo.dir.as_raw_fd()),
+                fifo.name.as_c_str(),
+                Some(Uid::from_raw(root_uid)),
+                Some(Gid::from_raw(root_gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(ProcessError::ExecFifo)?;
+        }
+    }
     let args = spec
         .process
         .args
@@ -472,6 +507,7 @@ fn prepare<'a>(
         flags,
         user_ns,
         join,
+        idmapped,
         privileges,
         args,
         env,
@@ -574,11 +610,8 @@ fn parent_side(
     if byte[0] == b'U' {
         let write_map = |file: &str, maps: &[super::spec::IdMapping]| {
             let path = PathBuf::from(format!("/proc/{child}/{file}"));
-            let text: String = maps
-                .iter()
-                .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
-                .collect();
-            std::fs::write(&path, text).map_err(|source| ProcessError::IdMap { path, source })
+            std::fs::write(&path, idmap::map_text(maps))
+                .map_err(|source| ProcessError::IdMap { path, source })
         };
         write_map("uid_map", &p.spec.linux.uid_mappings)?;
         write_map("gid_map", &p.spec.linux.gid_mappings)?;
@@ -638,6 +671,16 @@ fn setup_process(
             std::fs::File::from(to_child_r.try_clone().map_err(|e| e.to_string())?);
         for (flag, fd) in &p.join {
             nix::sched::setns(fd, *flag).map_err(|e| format!("setns({flag:?}): {e}"))?;
+        }
+        if let Some(overlay) = &p.idmapped {
+            // A mount namespace of the host's user namespace, for the
+            // overlay only; the container's own comes after its user
+            // namespace, with `p.flags`.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("unshare(CLONE_NEWNS) for the overlay: {e}"))?;
+            overlay
+                .mount(&p.spec.root.path)
+                .map_err(|e| error_chain(&e))?;
         }
         if p.user_ns {
             nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
@@ -713,7 +756,13 @@ fn container_init(p: &Prepared, stdio: Stdio, err_w: &OwnedFd) -> Result<Never, 
     if p.flags.contains(CloneFlags::CLONE_NEWNET) {
         loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
     }
-    rootfs::setup(&LinuxMounts, spec, p.rootfs).map_err(|e| error_chain(&e))?;
+    // An idmapped overlay is mounted on the root already.
+    let source = if p.idmapped.is_some() {
+        &RootfsSource::Dir
+    } else {
+        p.rootfs
+    };
+    rootfs::setup(&LinuxMounts, spec, source).map_err(|e| error_chain(&e))?;
     p.privileges.apply(Path::new(&spec.process.cwd))?;
     let program = find_program(&spec.process.args[0], &spec.process.env)?;
     if let Some(fifo) = &p.options.exec_fifo {

@@ -81,7 +81,11 @@ pub enum RootfsSource {
         work: PathBuf,
     },
     /// `spec.root.path` is already the root filesystem (an OCI bundle's
-    /// rootfs); it is bind-mounted on itself.
+    /// rootfs, or the overlay with idmapped layers mounted before the user
+    /// namespace was entered: see [`super::idmap`]); it is bind-mounted on
+    /// itself, which makes it a mount point of this mount namespace that
+    /// pivot_root takes (a mount inherited from a more privileged
+    /// namespace is locked, and pivot_root refuses a locked new root).
     Dir,
 }
 

@@ -110,6 +110,11 @@ pub enum SpecError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("giving the new volume directory {path:?} to the container's root")]
+    ChownVolume {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The whole spec (OCI `config.json`).
@@ -792,7 +797,10 @@ impl Spec {
         let mut mounts = default_mounts(true);
         for v in &overrides.volumes {
             check_destination(&v.destination)?;
-            let source = volume_source(&v.source, &overrides.volume_policy)?;
+            let owner = overrides
+                .user_namespace
+                .map(|(uid, gid)| (uid.host_id, gid.host_id));
+            let source = volume_source(&v.source, &overrides.volume_policy, owner)?;
             mounts.push(Mount::bind(&source, &v.destination, v.read_only));
         }
         for t in &overrides.tmpfs {
@@ -854,8 +862,14 @@ impl Spec {
     }
 }
 
-/// The host directory for a volume; a named volume's is created.
-fn volume_source(source: &VolumeSource, policy: &VolumePolicy) -> Result<PathBuf, SpecError> {
+/// The host directory for a volume; a named volume's is created (owned by
+/// `owner`, the host uid and gid of the container's root in a user
+/// namespace, when given; an existing one is left as it is).
+fn volume_source(
+    source: &VolumeSource,
+    policy: &VolumePolicy,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, SpecError> {
     match source {
         VolumeSource::HostPath(p) => {
             let clean = p.is_absolute() && !p.components().any(|c| c == Component::ParentDir);
@@ -879,10 +893,19 @@ fn volume_source(source: &VolumeSource, policy: &VolumePolicy) -> Result<PathBuf
                 return Err(SpecError::BadVolumeName(name.clone()));
             }
             let path = policy.named_dir.join(name).join("_data");
+            let new = !path.exists();
             std::fs::create_dir_all(&path).map_err(|source| SpecError::CreateVolume {
                 path: path.clone(),
                 source,
             })?;
+            if let (true, Some((uid, gid))) = (new, owner) {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|source| {
+                    SpecError::ChownVolume {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            }
             Ok(path)
         }
     }
