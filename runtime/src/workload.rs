@@ -12,12 +12,14 @@
 //! | `privileged` | every capability and no seccomp filter (device access and /sys stay as for others) |
 //! | `volumes` | host paths under /var or named volumes in /var/lib/atoll/volumes |
 //! | `network` | `none`, `host`, or `bridge` (a namespace the caller connects) |
+//! | `user_namespace` | a user namespace mapping container ids `0..size` to the host range the caller chose ([`atoll_common::config::userns::ranges`]); the layers are idmapped ([`crate::run::idmap`]) |
 //!
 //! The hostname is the container's name; with `host` or `bridge`
 //! networking the host's `/etc/resolv.conf` is bind-mounted read-only.
 
 use std::path::{Path, PathBuf};
 
+use atoll_common::config::userns::{IdRange, UserNamespace};
 use atoll_common::config::workload::{
     Container, NetworkMode as ConfigNetwork, VolumeSource as ConfigVolume,
 };
@@ -25,8 +27,8 @@ use atoll_common::config::workload::{
 use crate::reference::{Reference, ReferenceError};
 use crate::run::rootfs::RootfsSource;
 use crate::run::spec::{
-    CpuResources, EtcFiles, MemoryResources, Mount, NetworkMode, Overrides, PidsResources,
-    Resources, Spec, SpecError, Volume, VolumePolicy, VolumeSource,
+    CpuResources, EtcFiles, IdMapping, MemoryResources, Mount, NetworkMode, Overrides,
+    PidsResources, Resources, Spec, SpecError, Volume, VolumePolicy, VolumeSource,
 };
 use crate::store::{Store, StoreError};
 use crate::unpack::UnpackOptions;
@@ -126,8 +128,33 @@ pub fn resources(c: &Container) -> Result<Option<Resources>, WorkloadError> {
     Ok((r != Resources::default()).then_some(r))
 }
 
-/// The `docker run` flags of a config entry.
-pub fn overrides(c: &Container) -> Result<Overrides, WorkloadError> {
+/// The uid and gid maps of an entry's user namespace: `ids`, the range
+/// chosen for it among the config's containers, or its explicit range.
+pub fn id_maps(
+    c: &Container,
+    ids: Option<IdRange>,
+) -> Result<Option<(IdMapping, IdMapping)>, WorkloadError> {
+    let range = match (c.user_namespace, ids) {
+        (UserNamespace::Off, _) => return Ok(None),
+        (_, Some(r)) | (UserNamespace::Explicit(r), None) => r,
+        (UserNamespace::Auto, None) => {
+            return Err(WorkloadError::Config {
+                key: "user_namespace",
+                message: "no host id range was chosen for it".into(),
+            })
+        }
+    };
+    let map = |host_id| IdMapping {
+        container_id: 0,
+        host_id,
+        size: range.size,
+    };
+    Ok(Some((map(range.uid), map(range.gid))))
+}
+
+/// The `docker run` flags of a config entry; `ids`: the host id range for
+/// its user namespace, if it asks for one (see [`id_maps`]).
+pub fn overrides(c: &Container, ids: Option<IdRange>) -> Result<Overrides, WorkloadError> {
     let mut o = Overrides {
         entrypoint: (!c.command.is_empty()).then(|| c.command.clone()),
         cmd: (!c.args.is_empty()).then(|| c.args.clone()),
@@ -141,6 +168,7 @@ pub fn overrides(c: &Container) -> Result<Overrides, WorkloadError> {
         network: network_mode(c.network),
         volume_policy: VolumePolicy::default(),
         resources: resources(c)?,
+        user_namespace: id_maps(c, ids)?,
         ..Overrides::default()
     };
     if c.privileged {
@@ -168,9 +196,11 @@ pub fn overrides(c: &Container) -> Result<Overrides, WorkloadError> {
 /// Resolves the entry's image in `store`, unpacks its layers (once, shared)
 /// and lays out a fresh overlay in `state_dir` (anything there from an
 /// earlier run is removed first: a container starts from its image).
+/// `ids`: as for [`overrides`].
 pub fn prepare(
     store: &Store,
     c: &Container,
+    ids: Option<IdRange>,
     state_dir: &Path,
     resolv_conf: Option<&Path>,
 ) -> Result<Prepared, WorkloadError> {
@@ -196,7 +226,7 @@ pub fn prepare(
         Err(e) => return Err(state_err(e)),
     }
     let (rootfs, root) = RootfsSource::overlay_in(top_first, state_dir).map_err(state_err)?;
-    let overrides = overrides(c)?;
+    let overrides = overrides(c, ids)?;
     let mut spec = Spec::from_image(&image.config, &overrides, &etc, &root).map_err(Box::new)?;
     if let Some(resolv) = resolv_conf {
         if c.network != ConfigNetwork::None && resolv.exists() {
@@ -250,7 +280,7 @@ mod tests {
         c.network = ConfigNetwork::Host;
         c.read_only = true;
         c.volumes = vec![Parsed::new("/var/www:/srv:ro"), Parsed::new("data:/data")];
-        let o = overrides(&c).unwrap();
+        let o = overrides(&c, None).unwrap();
         assert_eq!(o.entrypoint.as_deref(), Some(&c.command[..]));
         assert_eq!(o.cmd.as_deref(), Some(&c.args[..]));
         assert_eq!(o.env, vec!["A=1".to_string()]);
@@ -286,17 +316,39 @@ mod tests {
         let mut c = entry();
         c.privileged = true;
         c.capabilities_drop = vec!["CAP_CHOWN".into()];
-        let o = overrides(&c).unwrap();
+        let o = overrides(&c, None).unwrap();
         assert_eq!(o.cap_add, vec!["ALL".to_string()]);
         assert!(o.cap_drop.is_empty());
         assert!(o.seccomp_unconfined);
     }
 
     #[test]
+    fn user_namespace_maps() {
+        let mut c = entry();
+        assert_eq!(overrides(&c, None).unwrap().user_namespace, None);
+        let r = IdRange {
+            uid: 200_000,
+            gid: 300_000,
+            size: 1000,
+        };
+        // Off wins over a range handed in by mistake.
+        assert_eq!(id_maps(&c, Some(r)).unwrap(), None);
+        c.user_namespace = UserNamespace::Auto;
+        let e = overrides(&c, None).unwrap_err().to_string();
+        assert!(e.contains("user_namespace"), "{e}");
+        let (u, g) = overrides(&c, Some(r)).unwrap().user_namespace.unwrap();
+        assert_eq!((u.container_id, u.host_id, u.size), (0, 200_000, 1000));
+        assert_eq!((g.container_id, g.host_id, g.size), (0, 300_000, 1000));
+        c.user_namespace = UserNamespace::Explicit(r);
+        let (u, _) = id_maps(&c, None).unwrap().unwrap();
+        assert_eq!(u.host_id, 200_000);
+    }
+
+    #[test]
     fn missing_image_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        let e = prepare(&store, &entry(), &dir.path().join("c"), None)
+        let e = prepare(&store, &entry(), None, &dir.path().join("c"), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("docker.io/library/nginx:latest"), "{e}");

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{ContainerAction, ContainerState, ContainerStatus};
+use atoll_common::config::userns::{self, IdRange};
 use atoll_common::config::workload::{Container, NetworkMode, RestartPolicy};
 use atoll_common::config::Config;
 use atoll_common::layout;
@@ -275,6 +276,8 @@ impl Supervisor {
                 .collect()
         };
         let paths = Rc::new(paths);
+        // Host id ranges of the containers with a user namespace.
+        let id_ranges = userns::ranges(&config.containers);
         let net = Rc::new(net::NetSlot::new(modules));
         let targets: Targets = Rc::default();
         let mut controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>> = BTreeMap::new();
@@ -292,6 +295,7 @@ impl Supervisor {
                 index,
                 id: c.name.clone(),
                 sandbox: None,
+                user_ids: id_ranges.get(&c.name).copied(),
                 net: net.clone(),
                 spec: c.clone(),
                 paths: paths.clone(),
@@ -506,6 +510,21 @@ impl Supervisor {
         c.max_retries = None;
         check_adhoc(&c)?;
         let name = c.name.clone();
+        // Its user namespace's range, among the config's containers' ranges.
+        let user_ids = if c.user_namespace.is_off() {
+            None
+        } else {
+            let mut all = self.config.containers.clone();
+            all.retain(|x| x.name != name);
+            all.push(c.clone());
+            let ids = userns::ranges(&all).get(&name).copied();
+            if ids.is_none() {
+                return Err(
+                    "user_namespace: its range overlaps one of the config's containers".into(),
+                );
+            }
+            ids
+        };
         let mut adhoc = self.adhoc.borrow_mut();
         if adhoc.get(&name).is_some_and(|a| a.running) {
             return Err(format!("{name} is already running (atollctl stop {name})"));
@@ -549,6 +568,7 @@ impl Supervisor {
             index,
             id: name.clone(),
             sandbox: None,
+            user_ids,
             net: self.net.clone(),
             spec: c,
             paths: self.paths.clone(),
@@ -817,6 +837,8 @@ pub(crate) struct Task {
     pub(crate) id: String,
     /// The pod sandbox to join.
     pub(crate) sandbox: Option<SandboxRef>,
+    /// See [`Launch::user_ids`].
+    pub(crate) user_ids: Option<IdRange>,
     pub(crate) net: Rc<net::NetSlot>,
     pub(crate) spec: Container,
     pub(crate) paths: Rc<Paths>,
@@ -1158,6 +1180,7 @@ impl Task {
         let mut launch = Launch {
             id: self.id.clone(),
             sandbox: self.sandbox.clone(),
+            user_ids: self.user_ids,
             bridge: None,
             mounts: self.mounts.clone(),
             verified: None,
@@ -1344,6 +1367,8 @@ pub(crate) struct Launch {
     pub id: String,
     /// Join this pod sandbox's namespaces.
     pub sandbox: Option<SandboxRef>,
+    /// The host id range of its user namespace, when it has one.
+    pub user_ids: Option<IdRange>,
     /// Connect its own network namespace to this bridge.
     pub bridge: Option<Arc<atoll_runtime::network::Bridge>>,
     /// Host paths mounted in besides its volumes (the admin container's).
@@ -1367,8 +1392,14 @@ type Started = (
 fn start_blocking(c: &Container, paths: &Paths, launch: &Launch) -> Result<Started, String> {
     let store = Store::open(&paths.images.store).map_err(|e| format!("image store: {e}"))?;
     let state_dir = paths.containers.join(&launch.id);
-    let mut prepared = workload::prepare(&store, c, &state_dir, Some(&paths.resolv_conf))
-        .map_err(|e| e.to_string())?;
+    let mut prepared = workload::prepare(
+        &store,
+        c,
+        launch.user_ids,
+        &state_dir,
+        Some(&paths.resolv_conf),
+    )
+    .map_err(|e| e.to_string())?;
     if let Some(verified) = &launch.verified {
         if *verified != prepared.image_digest {
             return Err(format!(

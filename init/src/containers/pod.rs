@@ -94,6 +94,8 @@ impl PodTask {
                 host_network: host,
                 hostname: self.pod.name.clone(),
             }),
+            // Refused for a pod's containers (config validation).
+            user_ids: None,
             net: self.net.clone(),
             spec,
             paths: self.paths.clone(),
