@@ -11,6 +11,9 @@
 //! - [`cidata`]: NoCloud seed images (vfat or iso9660 labelled `CIDATA`);
 //! - [`servers`]: servers on the host loopback for the guest to reach
 //!   through user networking (cloud metadata, echo, files over HTTP);
+//! - [`registry`]: a real OCI registry and busybox test images;
+//! - [`token_registry`]: a registry that wants bearer tokens, with its
+//!   token endpoint (also used by the runtime's host tests);
 //! - [`update_repo`]: a signed update repository with a newer release;
 //! - [`bench`]: the boot-time benchmark behind `qemu-tests bench`.
 //!
@@ -25,6 +28,7 @@ pub mod lines;
 pub mod qmp;
 pub mod registry;
 pub mod servers;
+pub mod token_registry;
 pub mod update_repo;
 pub mod vm;
 

@@ -70,6 +70,12 @@ fn run(cmd: &mut Command) -> Result<String, RegistryError> {
 
 impl Registry {
     pub fn start() -> Result<Self, RegistryError> {
+        Self::start_with("")
+    }
+
+    /// Starts one with `extra` appended to its `config.yml` (an `auth:`
+    /// section, say).
+    pub fn start_with(extra: &str) -> Result<Self, RegistryError> {
         if !Path::new(REGISTRY_BIN).exists() {
             return Err(RegistryError::Missing);
         }
@@ -83,7 +89,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -128,14 +134,30 @@ impl Registry {
     /// Pushes an OCI archive as `repo:tag` (`test/web:1`); returns the
     /// manifest digest the registry holds.
     pub fn push(&self, archive: &Path, repo_tag: &str) -> Result<String, RegistryError> {
+        self.push_with_token(archive, repo_tag, None)
+    }
+
+    /// [`Registry::push`] to a registry that wants a bearer token: `token`
+    /// (with push and pull for the repository) on every request.
+    pub fn push_with_token(
+        &self,
+        archive: &Path,
+        repo_tag: &str,
+        token: Option<&str>,
+    ) -> Result<String, RegistryError> {
         let dest = format!("docker://127.0.0.1:{}/{repo_tag}", self.port);
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        let mut copy = Command::new("skopeo");
+        copy.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        let mut inspect = Command::new("skopeo");
+        inspect.args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"]);
+        if let Some(token) = token {
+            copy.arg(format!("--dest-registry-token={token}"));
+            inspect.arg(format!("--registry-token={token}"));
+        }
+        run(copy
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(&dest))?;
-        let digest = run(Command::new("skopeo")
-            .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
-            .arg(&dest))?;
+        let digest = run(inspect.arg(&dest))?;
         Ok(digest.trim().to_string())
     }
 

@@ -119,6 +119,22 @@ impl Request {
     pub fn path_only(&self) -> &str {
         self.path.split_once('?').map_or(&self.path, |(p, _)| p)
     }
+
+    /// The values of query parameter `name`, decoded (`%XX`, `+`), in
+    /// order; a malformed value is left out.
+    pub fn query(&self, name: &str) -> Vec<String> {
+        let Some((_, query)) = self.path.split_once('?') else {
+            return Vec::new();
+        };
+        query
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let k = percent_decode(&k.replace('+', " "))?;
+                (k == name).then(|| percent_decode(&v.replace('+', " ")))?
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Display for Request {
@@ -288,14 +304,14 @@ enum Body {
     Endless { file: File },
 }
 
-struct Response {
+pub(crate) struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Body,
 }
 
 impl Response {
-    fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
         Self {
             status,
             headers: vec![("Content-Type".into(), content_type.into())],
@@ -528,15 +544,13 @@ fn origin_form(target: &str) -> String {
     target.to_string()
 }
 
-type HttpHandler = dyn Fn(&Request) -> Response + Send + Sync;
+pub(crate) type HttpHandler = dyn Fn(&Request) -> Response + Send + Sync;
 
-/// Serves one request on `stream` with `handler` and records it in `log`.
-fn serve_http(stream: &mut TcpStream, handler: &HttpHandler, log: &Mutex<Vec<Request>>) {
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let (mut req, resp) = match read_request(&mut reader) {
+/// Serves one request on `stream` (TCP, or TLS over it) with `handler` and
+/// records it in `log`.
+fn serve_http(stream: &mut (impl Read + Write), handler: &HttpHandler, log: &Mutex<Vec<Request>>) {
+    let read = read_request(&mut BufReader::new(&mut *stream));
+    let (mut req, resp) = match read {
         Ok(None) => return,
         Ok(Some(req)) => {
             let resp = handler(&req);
@@ -560,26 +574,93 @@ fn serve_http(stream: &mut TcpStream, handler: &HttpHandler, log: &Mutex<Vec<Req
     let _ = resp.write_to(stream, head_only);
 }
 
-/// An HTTP server: a [`Listener`] with a request log.
-struct HttpServer {
+/// [`serve_http`] over TLS (closed with a `close_notify`).
+fn serve_https(
+    stream: &mut TcpStream,
+    tls: &Arc<rustls::ServerConfig>,
+    handler: &HttpHandler,
+    log: &Mutex<Vec<Request>>,
+) {
+    let mut session = match rustls::ServerConnection::new(Arc::clone(tls)) {
+        Ok(session) => session,
+        Err(e) => {
+            lock(log).push(Request {
+                method: String::new(),
+                path: String::new(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                status: 0,
+                error: Some(format!("TLS session: {e}")),
+            });
+            return;
+        }
+    };
+    let mut tls_stream = rustls::Stream::new(&mut session, stream);
+    serve_http(&mut tls_stream, handler, log);
+    tls_stream.conn.send_close_notify();
+    let _ = tls_stream.flush();
+}
+
+/// An HTTP server: a [`Listener`] with a request log; HTTPS with a
+/// [`rustls::ServerConfig`]. A request whose TLS handshake fails is
+/// logged with [`Request::error`] saying why.
+pub(crate) struct HttpServer {
     listener: Listener,
     log: Arc<Mutex<Vec<Request>>>,
 }
 
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("name", &self.listener.name)
+            .field("port", &self.port())
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpServer {
-    fn start(name: &'static str, handler: Arc<HttpHandler>) -> Result<Self, ServerError> {
+    pub(crate) fn start(
+        name: &'static str,
+        handler: Arc<HttpHandler>,
+    ) -> Result<Self, ServerError> {
+        Self::listen(name, handler, None)
+    }
+
+    pub(crate) fn start_tls(
+        name: &'static str,
+        tls: Arc<rustls::ServerConfig>,
+        handler: Arc<HttpHandler>,
+    ) -> Result<Self, ServerError> {
+        Self::listen(name, handler, Some(tls))
+    }
+
+    fn listen(
+        name: &'static str,
+        handler: Arc<HttpHandler>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, ServerError> {
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = Arc::clone(&log);
-        let conn: Arc<ConnHandler> =
-            Arc::new(move |s: &mut TcpStream| serve_http(s, &*handler, &l));
+        let conn: Arc<ConnHandler> = Arc::new(move |s: &mut TcpStream| match &tls {
+            None => serve_http(s, &*handler, &l),
+            Some(tls) => serve_https(s, tls, &*handler, &l),
+        });
         Ok(Self {
             listener: Listener::start(name, conn)?,
             log,
         })
     }
 
-    fn requests(&self) -> Vec<Request> {
+    pub(crate) fn port(&self) -> u16 {
+        self.listener.addr.port()
+    }
+
+    pub(crate) fn requests(&self) -> Vec<Request> {
         lock(&self.log).clone()
+    }
+
+    pub(crate) fn forget(&self) {
+        lock(&self.log).clear();
     }
 
     fn wait_for_request(
@@ -1251,6 +1332,29 @@ mod tests {
             "/latest/api/token",
             &[("X-aws-ec2-metadata-token-ttl-seconds", ttl)],
         )
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_in_order() {
+        let r = Request {
+            method: "GET".into(),
+            path: "/token?service=a+b&scope=repository%3Atest%2Fx%3Apull&scope=s2&bad=%zz&flag"
+                .into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            status: 200,
+            error: None,
+        };
+        assert_eq!(r.query("service"), ["a b"]);
+        assert_eq!(r.query("scope"), ["repository:test/x:pull", "s2"]);
+        assert!(r.query("bad").is_empty());
+        assert_eq!(r.query("flag"), [""]);
+        assert!(r.query("missing").is_empty());
+        let bare = Request {
+            path: "/token".into(),
+            ..r
+        };
+        assert!(bare.query("scope").is_empty());
     }
 
     #[test]
