@@ -424,6 +424,43 @@ pub fn provisioning_table(runs: &[RunSample]) -> String {
     out
 }
 
+/// Both boots' named steps of run `run`, side by side (guest ms each).
+pub fn steps_table(run: usize, r: &RunSample) -> String {
+    let mut out = format!(
+        "run {run}: steps (guest ms)\n{:>8} {:>8}  step\n",
+        "first", "steady"
+    );
+    let mut names: Vec<&str> = r
+        .first
+        .times
+        .steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for s in &r.steady.times.steps {
+        if !names.contains(&s.name.as_str()) {
+            names.push(&s.name);
+        }
+    }
+    let ms = |b: &BootSample, name: &str| {
+        cell(
+            b.times
+                .steps
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.ms as i64),
+        )
+    };
+    for name in names {
+        out.push_str(&format!(
+            "{:>8} {:>8}  {name}\n",
+            ms(&r.first, name),
+            ms(&r.steady, name)
+        ));
+    }
+    out
+}
+
 /// Both tables and a note on the units.
 pub fn report(runs: &[RunSample], icount: bool) -> String {
     let first: Vec<BootSample> = runs.iter().map(|r| r.first.clone()).collect();

@@ -56,6 +56,10 @@ enum Cmd {
         /// instructions, so the guest's split does not depend on host load.
         #[arg(long)]
         icount: bool,
+        /// Also print each boot's named steps (stage 1 drivers, stage 2
+        /// mounts, network, ...) with their guest ms: where the time goes.
+        #[arg(long)]
+        steps: bool,
     },
 }
 
@@ -133,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs,
             image: img,
             icount,
+            steps,
         } => {
             anyhow::ensure!(runs > 0, "--runs must be at least 1");
             let base = image(img)?;
@@ -159,6 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.steady.wall_to_ready_ms,
                     s.steady.stages_ms()
                 );
+                if steps {
+                    eprint!("{}", bench::steps_table(i, &s));
+                }
                 samples.push(s);
             }
             print!("{}", bench::report(&samples, icount));

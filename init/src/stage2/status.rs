@@ -29,13 +29,16 @@ pub fn slot_version(path: &Path) -> Option<String> {
 }
 
 /// The boot time split from stage 1's report and stage 2's own steps.
+/// Stage 2 starts where stage 1 ended (just before it executed stage 2), so
+/// the exec itself (loading the binary and its libraries) counts, as its own
+/// first step; without stage 1's report, at `stage2_start_ms`.
 pub fn boot_times(
     stage1: Option<&Stage1Times>,
     stage2_start_ms: u64,
     ready_ms: Option<u64>,
     stage2_steps: &[BootStep],
 ) -> BootTimes {
-    let (kernel_ms, stage1_ms, mut steps) = match stage1 {
+    let (kernel_ms, stage1_ms, mut steps, stage2_from) = match stage1 {
         Some(s) => (
             s.start_ms,
             s.end_ms.saturating_sub(s.start_ms),
@@ -45,16 +48,21 @@ pub fn boot_times(
                     name: format!("stage1: {}", st.name),
                     ms: st.ms,
                 })
+                .chain(std::iter::once(BootStep {
+                    name: "stage2: exec".into(),
+                    ms: stage2_start_ms.saturating_sub(s.end_ms),
+                }))
                 .collect(),
+            s.end_ms.min(stage2_start_ms),
         ),
-        None => (0, 0, Vec::new()),
+        None => (0, 0, Vec::new(), stage2_start_ms),
     };
     steps.extend(stage2_steps.iter().map(|st| BootStep {
         name: format!("stage2: {}", st.name),
         ms: st.ms,
     }));
     let (stage2_ms, total_ms) = match ready_ms {
-        Some(r) => (r.saturating_sub(stage2_start_ms), r),
+        Some(r) => (r.saturating_sub(stage2_from), r),
         None => (0, 0),
     };
     BootTimes {
@@ -154,12 +162,17 @@ mod tests {
             ms: 40,
         }];
         let t = boot_times(Some(&s1), 1910, Some(2010), &s2);
+        // Stage 2 counts from stage 1's end: the exec's 10 ms are its own.
         assert_eq!(
             (t.kernel_ms, t.stage1_ms, t.stage2_ms, t.total_ms),
-            (1800, 100, 100, 2010)
+            (1800, 100, 110, 2010)
         );
         assert_eq!(t.steps[0].name, "stage1: modules");
-        assert_eq!(t.steps[1].name, "stage2: data");
+        assert_eq!(
+            (t.steps[1].name.as_str(), t.steps[1].ms),
+            ("stage2: exec", 10)
+        );
+        assert_eq!(t.steps[2].name, "stage2: data");
         let t = boot_times(None, 5, None, &[]);
         assert_eq!(t.total_ms, 0);
     }
