@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod containers;
 pub mod ctl;
 pub mod dm;
+pub mod elf;
 pub mod modules;
 pub mod net;
 pub mod provision;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
-use nix::unistd::{chdir, chroot, execv};
+use nix::unistd::{chdir, chroot, execv, fexecve};
 
 /// linux/magic.h; nix names only tmpfs's.
 const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
@@ -153,6 +153,32 @@ pub fn remove_contents(dir: &Path, dev: u64, removed: &mut Removed) {
             removed.files += 1;
             removed.bytes += meta.len();
         }
+    }
+}
+
+/// Replaces this process with the open executable `file`, with argv[0] =
+/// `path` (the name it would have had) and the environment kept: stage 1
+/// runs stage 2 from its own copy in RAM when the slot's is the same build.
+pub fn exec_file(file: &std::fs::File, path: &Path) -> SwitchRootError {
+    use std::os::fd::AsRawFd;
+    let err = |source| SwitchRootError::Exec {
+        path: path.to_path_buf(),
+        source,
+    };
+    let Ok(prog) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return err(Errno::EINVAL);
+    };
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    match fexecve(file.as_raw_fd(), &[&prog], &env) {
+        Ok(never) => match never {},
+        Err(source) => err(source),
     }
 }
 

@@ -60,6 +60,9 @@ use crate::sysblock::SysBlock;
 /// Runs stage 2; never returns.
 pub fn main() -> ! {
     let start_ms = clock::boottime_ms();
+    // Run from stage 1's copy (an open file), the kernel names this process
+    // after its descriptor's number.
+    let _ = nix::sys::prctl::set_name(c"init");
     HubLogger::install();
     std::panic::set_hook(Box::new(|info| {
         let msg = format!("init: panic: {info}");
