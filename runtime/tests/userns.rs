@@ -36,6 +36,15 @@ fn image() -> ImageConfig {
     }
 }
 
+/// A tmpfs mounted on the host for the test, unmounted when dropped.
+struct HostMount(std::path::PathBuf);
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// The host uid of `pid` (the real uid, from /proc/PID/status).
 fn host_uid(pid: i32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -65,9 +74,24 @@ fn image_files_belong_to_the_container_root() {
     std::fs::write(&owned, "x").expect("app.conf");
     std::os::unix::fs::chown(&owned, Some(1000), Some(1000)).expect("chown");
     // A volume owned by host root, mounted read-write: not writable by the
-    // container's root, whose capabilities are its namespace's only.
+    // container's root, whose capabilities are its namespace's only. On a
+    // nosuid, nodev, noexec, noatime mount (as /var is on some hosts):
+    // flags locked in the user namespace, which the `:ro` bind's remount
+    // must repeat.
     let host_data = dir.path().join("hostdata");
     std::fs::create_dir(&host_data).expect("hostdata");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &host_data,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC
+            | nix::mount::MsFlags::MS_NOATIME,
+        Some("mode=0755,size=1m"),
+    )
+    .expect("tmpfs for the host volume");
+    let _host_mount = HostMount(host_data.clone());
     std::fs::write(host_data.join("file"), "host").expect("file");
     let layers = vec![layer.clone()];
     let etc = EtcFiles::from_layers(&layers);
@@ -190,9 +214,15 @@ fn image_files_belong_to_the_container_root() {
     let named = dir.path().join("volumes/cache/_data");
     assert_eq!(meta(&named).uid(), HOST);
     assert_eq!(meta(&named.join("new")).uid(), HOST);
-    // Nothing stays mounted on the host: the overlay and the idmapped
-    // layers lived in the container's mount namespaces.
+    // Nothing stays mounted on the host but the test's own tmpfs: the
+    // overlay and the idmapped layers lived in the container's mount
+    // namespaces.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let here = dir.path().to_string_lossy();
-    assert!(!mounts.contains(here.as_ref()), "left mounted:\n{mounts}");
+    let ours = host_data.to_string_lossy();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(here.as_ref()) && !l.contains(&format!(" {ours} ")))
+        .collect();
+    assert!(left.is_empty(), "left mounted: {left:?}");
 }

@@ -269,11 +269,15 @@ pub fn setup(sys: &dyn MountOps, spec: &Spec, source: &RootfsSource) -> Result<(
         readonly(sys, Path::new(p))?;
     }
     if spec.root.readonly {
+        let kept = sys.kept_flags(Path::new("/")).map_err(mount_err(
+            "read-only remount (the root's flags)",
+            Path::new("/"),
+        ))?;
         sys.mount(
             None,
             Path::new("/"),
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
             None,
         )
         .map_err(mount_err("read-only remount", Path::new("/")))?;
@@ -308,14 +312,19 @@ fn mount_one(sys: &dyn MountOps, root: &Path, m: &Mount) -> Result<(), RootfsErr
             None,
         )
         .map_err(mount_err(what.clone(), &target))?;
-        // A bind ignores other flags; they take a remount.
+        // A bind ignores other flags; they take a remount, which keeps the
+        // source mount's nosuid, nodev, noexec and atime mode (locked in a
+        // user namespace).
         let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !rest.is_empty() {
+            let kept = sys
+                .kept_flags(&target)
+                .map_err(mount_err(format!("{what} (its flags)"), &target))?;
             sys.mount(
                 None,
                 &target,
                 None,
-                rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                rest | kept | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
                 None,
             )
             .map_err(mount_err(format!("{what} (remount)"), &target))?;
@@ -601,7 +610,11 @@ mod tests {
             },
             ..Default::default()
         };
-        let sys = RecordingMounts::default();
+        let mut sys = RecordingMounts::default();
+        sys.flags.insert(
+            "/state/rootfs/data".into(),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RELATIME,
+        );
         setup(&sys, &spec(&overrides), &RootfsSource::Dir).expect("setup");
         let calls = sys.calls();
         assert_eq!(
@@ -628,13 +641,19 @@ mod tests {
                 data: None
             }
         );
+        // The remount repeats the source mount's flags.
         assert_eq!(
             calls[bind + 1],
             Call::Mount {
                 source: None,
                 target: "/state/rootfs/data".into(),
                 fstype: None,
-                flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                flags: MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_RELATIME,
                 data: None
             }
         );

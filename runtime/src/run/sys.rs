@@ -38,6 +38,12 @@ pub trait MountOps {
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     /// What is at `path`, following symlinks; `None` if nothing.
     fn kind(&self, path: &Path) -> Option<FileKind>;
+    /// The flags of the mount at `path` that a bind remount must repeat:
+    /// nosuid, nodev, noexec and the atime mode (`MS_STRICTATIME` when it
+    /// is neither noatime nor relatime). In a user namespace they are
+    /// locked on a mount from the host, and a remount that leaves one out
+    /// fails with EPERM.
+    fn kept_flags(&self, path: &Path) -> io::Result<MsFlags>;
     /// `dest` (absolute, as the container sees it) under `root` with every
     /// symlink resolved as if `root` were `/` (never leaving it).
     fn resolve_in_root(&self, root: &Path, dest: &Path) -> io::Result<PathBuf>;
@@ -95,6 +101,28 @@ impl MountOps for LinuxMounts {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }
+    }
+
+    fn kept_flags(&self, path: &Path) -> io::Result<MsFlags> {
+        use nix::sys::statvfs::FsFlags;
+        let f = nix::sys::statvfs::statvfs(path)?.flags();
+        let mut out = MsFlags::empty();
+        for (st, ms) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if f.contains(st) {
+                out |= ms;
+            }
+        }
+        if !out.intersects(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME) {
+            out |= MsFlags::MS_STRICTATIME;
+        }
+        Ok(out)
     }
 
     fn kind(&self, path: &Path) -> Option<FileKind> {
@@ -178,11 +206,12 @@ pub enum Call {
 }
 
 /// The test double: records every call, succeeds, and answers `kind`
-/// from a table.
+/// and `kept_flags` from tables (a path not in `flags`: none).
 #[derive(Debug, Default)]
 pub struct RecordingMounts {
     pub calls: RefCell<Vec<Call>>,
     pub kinds: HashMap<PathBuf, FileKind>,
+    pub flags: HashMap<PathBuf, MsFlags>,
 }
 
 impl RecordingMounts {
@@ -250,6 +279,10 @@ impl MountOps for RecordingMounts {
 
     fn kind(&self, path: &Path) -> Option<FileKind> {
         self.kinds.get(path).copied()
+    }
+
+    fn kept_flags(&self, path: &Path) -> io::Result<MsFlags> {
+        Ok(self.flags.get(path).copied().unwrap_or(MsFlags::empty()))
     }
 
     fn resolve_in_root(&self, root: &Path, dest: &Path) -> io::Result<PathBuf> {
