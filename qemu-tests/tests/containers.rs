@@ -623,7 +623,67 @@ network = "none"
 restart = "on-failure"
 max_retries = 3
 command = ["/bin/sh", "-c", "echo crashing; exit 3"]
+
+[[containers]]
+name = "isolated"
+image = "localhost/atoll/busybox:latest"
+network = "none"
+user_namespace = true
+volumes = ["/var/lib/atoll/images:/hostro:ro", "isolated-data:/data"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 "#;
+
+/// The `isolated` container of [`LIMITS`], in a user namespace: the host
+/// range the config gives it is its map, root inside is root of its own
+/// files only.
+fn check_user_namespace(vm: &Vm) -> Result<(), VmError> {
+    let config = atoll_common::config::parse(LIMITS.as_bytes(), "LIMITS")
+        .map_err(|e| vm.fail(format!("LIMITS: {e}")))?;
+    let range = atoll_common::config::userns::ranges(&config.containers)
+        .get("isolated")
+        .copied()
+        .ok_or_else(|| vm.fail("LIMITS gives isolated no range"))?;
+    wait_container(vm, "isolated", "running", |c| {
+        c.state == ContainerState::Running
+    })?;
+    let script = "cat /proc/self/uid_map /proc/self/gid_map; \
+        echo id=$(id -u):$(id -g); \
+        echo busybox=$(stat -c %u:%g /bin/busybox); \
+        touch /made-inside && echo made=$(stat -c %u:%g /made-inside); \
+        echo hostro=$(stat -c %u:%g /hostro); \
+        touch /hostro/x 2>/dev/null && echo hostro-write=yes || echo hostro-write=no; \
+        touch /data/x && echo data=$(stat -c %u:%g /data/x)";
+    let (out, code) = exec(vm, "isolated", &["sh", "-c", script])?;
+    let map = format!("0 {} {}", range.uid, range.size);
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    vm.check(
+        code == Some(0)
+            && lines.len() == 8
+            && lines[0] == map
+            && lines[1] == format!("0 {} {}", range.gid, range.size)
+            && lines[2..]
+                == [
+                    "id=0:0",
+                    "busybox=0:0",
+                    "made=0:0",
+                    "hostro=65534:65534",
+                    "hostro-write=no",
+                    "data=0:0",
+                ],
+        || format!("in the user namespace (expected map {map}): {code:?}\n{out}"),
+    )?;
+    // inspect shows the map in the spec.
+    let i = inspect(vm, "isolated")?;
+    let spec = i.specs.get("isolated").cloned().unwrap_or_default();
+    let uid_maps = &spec["linux"]["uidMappings"];
+    vm.check(
+        uid_maps[0]["hostID"] == range.uid && uid_maps[0]["size"] == range.size,
+        || format!("inspect isolated: uidMappings {uid_maps}"),
+    )
+}
 
 #[test]
 fn limits_and_a_crash_loop_with_backoff() -> TestResult {
@@ -689,6 +749,7 @@ fn limits_and_a_crash_loop_with_backoff() -> TestResult {
         gaps[0] >= 450 && gaps[1] >= 950 && gaps[2] >= 1950 && gaps[2] > gaps[0],
         || format!("restart gaps in ms do not back off: {gaps:?}"),
     )?;
+    check_user_namespace(&vm)?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
     Ok(())
