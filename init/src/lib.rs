@@ -18,6 +18,7 @@ pub mod dm;
 pub mod elf;
 pub mod modules;
 pub mod net;
+pub mod pcidefer;
 pub mod provision;
 pub mod stage1;
 pub mod stage2;

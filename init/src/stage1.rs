@@ -234,7 +234,9 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
     let db = ModuleDb::running_kernel_dir()
         .and_then(|dir| ModuleDb::open(&dir))
         .map_err(Stage1Error::ModuleDb)?;
-    // Drivers until the slot's partition shows up; stage 2 loads the rest.
+    // Drivers until the slot's partition shows up; stage 2 loads the rest,
+    // and binds the virtio functions that are not storage (pcidefer.rs).
+    crate::pcidefer::defer(Path::new(crate::pcidefer::PCI_BUS));
     let report =
         db.coldplug_until(&mut || !SysBlock::new(CLASS_BLOCK).named(slot.label()).is_empty());
     let failed = report.failed.len();

@@ -55,6 +55,7 @@ use self::status::Steps;
 use crate::clock;
 use crate::cmdline::BootArgs;
 use crate::modules::ModuleDb;
+use crate::pcidefer;
 use crate::sysblock::SysBlock;
 
 /// Runs stage 2; never returns.
@@ -208,11 +209,21 @@ fn arm_watchdog(db: &ModuleDb, slot: &SharedDog) {
 /// coldplug cannot match (evdev binds to input devices that appear only
 /// once `button` is loaded).
 fn coldplug_rest(db: &ModuleDb) {
+    release_deferred(&|_| true);
     let report = db.coldplug();
     for (m, why) in &report.failed {
         log::warn!("module {m}: {why}");
     }
     load_modules(db, &["button", "evdev"]);
+}
+
+/// Binds the virtio PCI functions stage 1 left without a driver
+/// ([`pcidefer`]) whose class `which` accepts.
+fn release_deferred(which: &dyn Fn(pcidefer::Class) -> bool) {
+    let released = pcidefer::release(Path::new(pcidefer::PCI_BUS), which);
+    if !released.is_empty() {
+        log::debug!("bound the deferred PCI functions {}", released.join(", "));
+    }
 }
 
 /// What the config step needs before ready: the NICs and QEMU's fw_cfg
@@ -222,6 +233,7 @@ fn coldplug_early(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
     if trial {
         arm_watchdog(&db, &dog);
     }
+    release_deferred(&|c| c == pcidefer::Class::Early);
     let report = db.coldplug_matching(&|a: &str| {
         crate::modules::is_network_modalias(a) || crate::modules::is_fw_cfg_modalias(a)
     });
@@ -237,6 +249,7 @@ fn coldplug_all(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
     if trial {
         arm_watchdog(&db, &dog);
     }
+    release_deferred(&|_| true);
     load_modules(&db, &["virtio_console"]);
     coldplug_rest(&db);
     Some(db)
@@ -646,7 +659,11 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     if let Some(db) = db.clone() {
         let d = db.clone();
-        let _ = tokio::task::spawn_blocking(move || load_modules(&d, &["virtio_console"])).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            release_deferred(&|_| true);
+            load_modules(&d, &["virtio_console"])
+        })
+        .await;
         start_virtio_port(&ctx).await;
         steps.done("after ready: API port");
         let _ = tokio::task::spawn_blocking(move || coldplug_rest(&db)).await;
