@@ -1,7 +1,8 @@
 //! Containers in real guests (docs/containers.md): the default config's
 //! container from the preloaded image; pulls from a real registry
 //! (Debian's docker-registry on the host's loopback, through guestfwd) by
-//! tag and by digest; a web server on the bridge reached from the host on
+//! tag and by digest, and from one that wants bearer tokens (the config's
+//! credentials, right and wrong); a web server on the bridge reached from the host on
 //! its published port; limits (memory, pids), capabilities and seccomp seen
 //! from inside; a crash loop restarted with backoff; a pod whose
 //! containers talk over localhost after its init container; exec (also
@@ -13,7 +14,7 @@ mod common;
 
 use std::error::Error;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{
@@ -22,7 +23,8 @@ use atoll_common::api::{
 };
 use atoll_common::layout::FW_CFG_CONFIG;
 use qemu_tests::api_client::Session;
-use qemu_tests::registry::{busybox_image, Registry};
+use qemu_tests::registry::{busybox_image, Registry, GUEST_IP};
+use qemu_tests::token_registry::{basic_auth, TokenRegistry, PASSWORD, SERVICE, USER};
 use qemu_tests::vm::{Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -865,6 +867,23 @@ fn http_get(port: u16) -> Result<String, std::io::Error> {
     Ok(body)
 }
 
+/// Guest ports of the token-auth registry, its token endpoint (HTTPS), and
+/// the same registry under another name, whose credentials are wrong.
+const TOKEN_REGISTRY_PORT: u16 = 5001;
+const TOKEN_REALM_PORT: u16 = 5002;
+const WRONG_CREDENTIALS_PORT: u16 = 5003;
+/// The repository the token registry's account may pull from, and one it
+/// may not.
+const TOKEN_REPO: &str = "test/token-only";
+const SECRET_REPO: &str = "test/secret";
+
+/// Waits until `name` is still pulling and its detail says why it failed.
+fn wait_refused_pull(vm: &Vm, name: &str) -> Result<ContainerStatus, VmError> {
+    wait_container(vm, name, "a refused pull", |c| {
+        c.state == ContainerState::Pulling && c.detail.contains("access denied")
+    })
+}
+
 #[test]
 fn registry_pulls_and_a_published_web_server() -> TestResult {
     let registry = Registry::start()?;
@@ -911,10 +930,49 @@ fn registry_pulls_and_a_published_web_server() -> TestResult {
     let index_digest = registry.push_index("test/multi", "1", &entries)?;
     let amd64_digest = platforms[1].1.clone();
     let host = Registry::guest_host();
+    // A registry that wants bearer tokens, from a token endpoint over HTTPS
+    // (credentials never go over plain HTTP but to loopback) whose CA the
+    // config trusts: an image only it holds, pulled with the config's
+    // credentials; the same image in a repository the account has no
+    // access to; and the same registry by another name, whose configured
+    // password is wrong.
+    let tokens = TokenRegistry::for_guest(
+        SocketAddrV4::new(GUEST_IP, TOKEN_REGISTRY_PORT),
+        SocketAddrV4::new(GUEST_IP, TOKEN_REALM_PORT),
+        &[TOKEN_REPO],
+    )?;
+    let token_only = dir.path().join("token-only.tar");
+    busybox_image(
+        &format!("localhost/{TOKEN_REPO}:1"),
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; echo pulled-with-a-token; while :; do sleep 1; done",
+        ],
+        &token_only,
+    )?;
+    let token_digest = tokens.push(&token_only, &format!("{TOKEN_REPO}:1"))?;
+    tokens.push(&token_only, &format!("{SECRET_REPO}:1"))?;
+    let token_host = tokens.host();
+    let wrong_host = SocketAddrV4::new(GUEST_IP, WRONG_CREDENTIALS_PORT).to_string();
+    let ca = tokens.ca_pem().ok_or("the token endpoint has no CA")?;
     let config = format!(
         r#"
+ca_certs = ["""
+{ca}"""]
+
 [registries]
-insecure = ["{host}"]
+insecure = ["{host}", "{token_host}", "{wrong_host}"]
+
+[[registries.credentials]]
+registry = "{token_host}"
+username = "{USER}"
+password = "{PASSWORD}"
+
+[[registries.credentials]]
+registry = "{wrong_host}"
+username = "{USER}"
+password = "not the password"
 
 [[containers]]
 name = "web"
@@ -932,11 +990,29 @@ name = "multi"
 image = "{host}/test/multi:1"
 network = "none"
 restart = "no"
+
+[[containers]]
+name = "private"
+image = "{token_host}/{TOKEN_REPO}:1"
+network = "none"
+
+[[containers]]
+name = "secret"
+image = "{token_host}/{SECRET_REPO}:1"
+network = "none"
+
+[[containers]]
+name = "wrong"
+image = "{wrong_host}/{TOKEN_REPO}:1"
+network = "none"
 "#
     );
     let port = free_port();
-    let vm = Vm::builder("containers_registry")
+    let net = tokens
         .net_user(registry.net_user().hostfwd(port, 8080))
+        .guestfwd(GUEST_IP, WRONG_CREDENTIALS_PORT, tokens.registry().port());
+    let vm = Vm::builder("containers_registry")
+        .net_user(net)
         .fw_cfg_string(FW_CFG_CONFIG, config)
         .start()?;
     vm.wait_ready(BOOT_TIMEOUT)?;
@@ -964,6 +1040,80 @@ restart = "no"
             && !vm.console_matches("multi-arch-picked-amd64").is_empty()
             && vm.console_matches("multi-arch-picked-arm64").is_empty(),
         || format!("multi: {multi:?} (index {index_digest}, amd64 {amd64_digest})"),
+    )?;
+    // The image only the token registry holds runs: the guest sent the
+    // config's credentials to the token endpoint and got a pull token.
+    let private = wait_container(&vm, "private", "running", |c| {
+        c.state == ContainerState::Running
+    })?;
+    // From the start of the console: it may come before "pulled-by-digest".
+    let deadline = Instant::now() + CONTAINER_TIMEOUT;
+    while vm.console_matches("pulled-with-a-token").is_empty() {
+        if Instant::now() >= deadline {
+            return Err(vm.fail("private never said pulled-with-a-token").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let login = basic_auth(USER, PASSWORD);
+    let scope = format!("repository:{TOKEN_REPO}:pull");
+    let seen = tokens.seen();
+    let asked = seen
+        .iter()
+        .filter(|r| {
+            r.header("authorization") == Some(login.as_str())
+                && r.query("scope") == [scope.as_str()]
+                && r.query("service") == [SERVICE]
+                && r.status == 200
+        })
+        .count();
+    let issued = tokens.issued();
+    let pull_tokens = issued
+        .iter()
+        .filter(|t| t.subject == USER && t.allows(TOKEN_REPO, "pull"))
+        .count();
+    vm.check(
+        private.image_digest.as_deref() == Some(token_digest.as_str())
+            && asked >= 1
+            && pull_tokens >= 1
+            && seen.iter().all(|r| r.error.is_none()),
+        || {
+            format!(
+                "private: {private:?} (pushed {token_digest}); {asked} token requests for \
+                 {scope} with the credentials, {pull_tokens} pull tokens issued; the token \
+                 endpoint got: {seen:?}"
+            )
+        },
+    )?;
+    // A repository the account may not pull from: the token endpoint
+    // issues a token without it, and the registry refuses that token.
+    let secret = wait_refused_pull(&vm, "secret")?;
+    vm.check(
+        secret.detail.contains(&format!(
+            "/v2/{SECRET_REPO}/manifests/1: access denied with the credentials for {token_host}"
+        )) && secret.pid.is_none()
+            && !tokens
+                .issued()
+                .iter()
+                .any(|t| t.allows(SECRET_REPO, "pull")),
+        || format!("secret: {secret:?}; tokens issued: {:?}", tokens.issued()),
+    )?;
+    // Wrong credentials: the token endpoint refuses them, and `ps` says
+    // whose credentials, where, and why.
+    let wrong = wait_refused_pull(&vm, "wrong")?;
+    let wrong_login = basic_auth(USER, "not the password");
+    let refused = tokens
+        .seen()
+        .iter()
+        .filter(|r| r.header("authorization") == Some(wrong_login.as_str()) && r.status == 401)
+        .count();
+    vm.check(
+        wrong.detail.contains(&format!(
+            "access denied with the credentials for {wrong_host}"
+        )) && wrong.detail.contains(tokens.realm())
+            && wrong.detail.contains("incorrect username or password")
+            && wrong.pid.is_none()
+            && refused >= 1,
+        || format!("wrong: {wrong:?}; {refused} refused token requests"),
     )?;
     // From the host, through QEMU's hostfwd to the guest's port 8080, then
     // the bridge's DNAT to the container's port 80.
@@ -1048,7 +1198,7 @@ restart = "no"
     vm.check(code == Some(0) && out.contains("served-by-atoll"), || {
         format!("web after prune: {out:?} {code:?}")
     })?;
-    poweroff_stops(&vm, &["web", "tool"])
+    poweroff_stops(&vm, &["web", "tool", "private"])
 }
 
 #[test]
