@@ -10,6 +10,13 @@
 //!
 //! The release is cut from the same binaries by `image-build disk
 //! --os-version` + `image-build release` ([`qemu_tests::update_repo`]).
+//!
+//! The tests here run the agent's checks through the host API
+//! ([`common::update::start_check`]) instead of waiting a minute or more
+//! for its scheduled ones; that the agent checks on its own schedule is
+//! shown by `a_maintenance_window_defers_the_reboot` in update_power.rs,
+//! which waits for its schedule anyway (its reboot is armed by the agent's
+//! own checks).
 
 mod common;
 
@@ -19,7 +26,8 @@ use std::time::{Duration, Instant};
 use atoll_common::api::{ContainerStatus, Request, Response, UpdateAction};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
 use common::update::{
-    history_has, serve_copy, update, wait_update_status, CHECK_TIMEOUT, REPO_IP, REPO_PORT,
+    check_installs_and_reboots, check_now, history_has, payload_requests, serve_copy, start_check,
+    update, wait_update_status, CHECK_TIMEOUT, REPO_IP, REPO_PORT,
 };
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
@@ -28,9 +36,8 @@ use qemu_tests::vm::{NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// The agent's first check comes within check_interval (1m) plus 10 s of
-/// jitter; the download and install of a ~21 MiB payload under TCG and the
-/// reboot take a few minutes more.
+/// The download and install of a ~21 MiB payload under TCG and the reboot
+/// take a few minutes.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn config(strategy: &str) -> String {
@@ -61,11 +68,11 @@ fn boot(name: &str, server: &HttpFileServer, strategy: &str) -> Result<Vm, VmErr
         .start()
 }
 
-/// a. Version 1 finds version 2, installs it into slot B and reboots into
-/// it; the trial boot becomes good once the containers are healthy; /var
-/// (the machine id, the agent's state) is kept. c. A manual rollback
-/// through the API brings slot A back at the next reboot and puts the
-/// release on the bad list, which the agent then leaves alone.
+/// a. A check on version 1 finds version 2, installs it into slot B and
+/// reboots into it; the trial boot becomes good once the containers are
+/// healthy; /var (the machine id, the agent's state) is kept. c. A manual
+/// rollback through the API brings slot A back at the next reboot and puts
+/// the release on the bad list, which the agent then leaves alone.
 #[test]
 fn finds_installs_and_boots_the_next_release_then_rolls_back_by_hand() -> TestResult {
     let repo = update_repo::next_release()?;
@@ -82,11 +89,12 @@ fn finds_installs_and_boots_the_next_release_then_rolls_back_by_hand() -> TestRe
     })?;
     let before = common::settled_status(&vm)?;
 
-    // The agent checks, installs into B and PID 1 reboots into it.
+    // A check through the API installs into B and PID 1 reboots into it.
     let ready_b = Pattern::regex(&format!(
         r"atoll: ready version={} slot=B\b",
         regex::escape(&repo.version)
     ))?;
+    check_installs_and_reboots(&vm, &repo.version, UPDATE_TIMEOUT)?;
     vm.wait_for("atoll-updater: installing", UPDATE_TIMEOUT)?;
     vm.wait_for("atoll-grub: booting slot B (trial", UPDATE_TIMEOUT)?;
     vm.wait_for(ready_b, BOOT_TIMEOUT)?;
@@ -145,14 +153,27 @@ fn finds_installs_and_boots_the_next_release_then_rolls_back_by_hand() -> TestRe
     vm.check(s.bad.contains_key(&repo.version), || {
         format!("{} left the bad list: {s:?}", repo.version)
     })?;
-    // The next scheduled check leaves the bad release alone.
-    let s = wait_update_status(&vm, "a check after the rollback", CHECK_TIMEOUT, |s| {
-        s.last_check.is_some() && s.last_check != checked_before
+    // A check leaves the bad release alone: nothing fetched, nothing
+    // installed.
+    let fetched = payload_requests(&server);
+    let r = check_now(&vm, CHECK_TIMEOUT)?;
+    vm.check(r.outcome == "up to date", || {
+        format!("a check after the rollback should find nothing to take: {r:?}")
     })?;
+    let s = r
+        .status
+        .ok_or_else(|| vm.fail("no status after the check"))?;
     vm.check(
-        s.pending.is_none() && s.download.is_none() && s.last_error.is_none(),
+        s.last_check.is_some()
+            && s.last_check != checked_before
+            && s.pending.is_none()
+            && s.download.is_none()
+            && s.last_error.is_none(),
         || format!("the agent took the bad release again: {s:?}"),
     )?;
+    vm.check(payload_requests(&server) == fetched, || {
+        "the bad release's payload was fetched again".into()
+    })?;
     vm.poweroff()?;
     vm.wait_exit(SHUTDOWN_TIMEOUT)?;
     Ok(())
@@ -176,6 +197,11 @@ fn tampered_metadata_and_payload_are_refused() -> TestResult {
     let vm = boot("update_refused", &server, "immediate")?;
     let ready = vm.wait_ready(BOOT_TIMEOUT)?;
     vm.check(ready.slot == Slot::A, || format!("{:?}", ready.line))?;
+    let answer = start_check(&vm, CHECK_TIMEOUT)?.answer(&vm)?;
+    vm.check(
+        answer.as_ref().is_err_and(|m| m.contains("signature")),
+        || format!("the check should be refused naming the signature: {answer:?}"),
+    )?;
     let s = wait_update_status(&vm, "the bad signature refused", CHECK_TIMEOUT, |s| {
         s.last_error.is_some()
     })?;
@@ -205,12 +231,16 @@ fn tampered_metadata_and_payload_are_refused() -> TestResult {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&payload, bytes)?;
-    let s = wait_update_status(
-        &vm,
-        "the tampered payload refused",
-        CHECK_TIMEOUT + UPDATE_TIMEOUT,
-        |s| history_has(s, &format!("refused {}", repo.version)),
+    let answer = start_check(&vm, UPDATE_TIMEOUT)?.answer(&vm)?;
+    vm.check(
+        answer
+            .as_ref()
+            .is_err_and(|m| m.contains(&format!("release {} (", repo.version))),
+        || format!("the check should refuse {}: {answer:?}", repo.version),
     )?;
+    let s = wait_update_status(&vm, "the tampered payload refused", CHECK_TIMEOUT, |s| {
+        history_has(s, &format!("refused {}", repo.version))
+    })?;
     let e = s.last_error.clone().unwrap_or_default();
     // Caught by the zstd frame checksum or the payload's sha256.
     vm.check(e.contains("sha256") || e.contains("tampered"), || {
@@ -323,8 +353,9 @@ fn unhealthy_trial_boots_roll_back_and_the_release_stays_bad() -> TestResult {
     })?;
     let v1 = first.version.clone();
 
-    // Healthy until the marker exists; the marker goes in before the
-    // agent's first check (a minute after the boot is marked good).
+    // Healthy until the marker exists; the marker goes in before any
+    // check (the agent's first comes a minute after the boot is marked
+    // good), then a check runs through the API.
     let health_timeout = Duration::from_secs(90);
     wait_health(&vm, GATED_CONTAINER, "healthy", health_timeout)?;
     let code = exec(&vm, GATED_CONTAINER, &["touch", "/state/fail"])?;
@@ -337,8 +368,9 @@ fn unhealthy_trial_boots_roll_back_and_the_release_stays_bad() -> TestResult {
         || "the agent installed before the container was made unhealthy".into(),
     )?;
 
-    // The agent installs 0.2.0 into B and PID 1 reboots into it; every
+    // The check installs 0.2.0 into B and PID 1 reboots into it; every
     // trial boot fails its health check and reboots without marking B.
+    check_installs_and_reboots(&vm, &repo.version, UPDATE_TIMEOUT)?;
     vm.wait_for("atoll-updater: installing", UPDATE_TIMEOUT)?;
     let ready_b = Pattern::regex(&format!(
         r"atoll: ready version={} slot=B\b",

@@ -24,6 +24,12 @@
 //! Disks are private raw copies of the image (`disk::prepare_raw_copy`),
 //! booted again by new VMs after each cut and edited with mtools and
 //! e2fsprogs between boots.
+//!
+//! The power-cut test starts each download with a check through the host
+//! API rather than waiting a minute or more for the agent's scheduled
+//! check; the maintenance window test leaves the agent to its schedule
+//! (its reboot is armed by the agent's own checks) and is the one that
+//! shows the agent checks on its own.
 
 mod common;
 
@@ -39,7 +45,9 @@ use atoll_common::api::BootMode;
 use atoll_common::bootstate::BootState;
 use atoll_common::grubenv::{self, Grubenv};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{history_has, wait_update_status, REPO_IP, REPO_PORT};
+use common::update::{
+    check_installs_and_reboots, history_has, start_check, wait_update_status, REPO_IP, REPO_PORT,
+};
 use qemu_tests::console::Pattern;
 use qemu_tests::disk::{self, EnvFile, Ext4Image, RawCopy};
 use qemu_tests::servers::HttpFileServer;
@@ -49,7 +57,8 @@ use qemu_tests::vm::{DiskFormat, NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TI
 type TestResult = Result<(), Box<dyn Error>>;
 
 /// The agent's first check comes a minute (check_interval) plus up to 10 s
-/// of jitter after it starts, which is after the boot is marked good.
+/// of jitter after it starts, which is after the boot is marked good; a
+/// check through the API fetches the payload within seconds.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(150);
 /// A whole download and install of the ~21 MiB payload under TCG, and
 /// the reboot that follows.
@@ -493,6 +502,8 @@ fn power_cuts_during_the_download_and_the_grubenv_change() -> TestResult {
     let first = vm.wait_ready(BOOT_TIMEOUT)?;
     vm.check(first.slot == Slot::A, || format!("{:?}", first.line))?;
     let v1 = first.version.clone();
+    // The check's answer never comes: the VM is killed while it downloads.
+    let _check = start_check(&vm, CHECK_TIMEOUT + UPDATE_TIMEOUT)?;
     cut_inside_frame(&vm, &gate, &ends, 1)?;
     drop(vm);
     let seen = payload_ranges(&server).len();
@@ -512,6 +523,7 @@ fn power_cuts_during_the_download_and_the_grubenv_change() -> TestResult {
     vm.check(!b_good && b_tries == 0, || {
         format!("the half-written slot B can boot: good {b_good}, tries {b_tries}")
     })?;
+    let _check = start_check(&vm, CHECK_TIMEOUT + UPDATE_TIMEOUT)?;
     expect_resume(&vm, &server, &ends, seen, ends[0])?;
     cut_inside_frame(&vm, &gate, &ends, 3)?;
     drop(vm);
@@ -522,7 +534,18 @@ fn power_cuts_during_the_download_and_the_grubenv_change() -> TestResult {
     let vm = boot("update_power_3_finish", disk.path(), gate.port, off.clone())?;
     ready_after_cut(&vm, Slot::A, BootMode::Good)?;
     gate.open();
+    let check = start_check(&vm, UPDATE_TIMEOUT)?;
     expect_resume(&vm, &server, &ends, seen, ends[2])?;
+    let r = check.report(&vm)?;
+    vm.check(
+        r.outcome == format!("{} is installed; it boots at the next reboot", repo.version),
+        || {
+            format!(
+                "the check should install {} and not reboot: {r:?}",
+                repo.version
+            )
+        },
+    )?;
     let s = wait_update_status(&vm, "the install finished", UPDATE_TIMEOUT, |s| {
         s.pending.is_some()
     })?;
@@ -807,7 +830,8 @@ fn before_offer_boot(
     vm.check(!b_good && b_tries == 0, || {
         format!("slot B can boot before the offer: good {b_good}, tries {b_tries}")
     })?;
-    // The agent takes the release again, from the start, and reboots.
+    // A check takes the release again, from the start, and reboots.
+    check_installs_and_reboots(&vm, &repo.version, UPDATE_TIMEOUT)?;
     vm.wait_for("atoll-updater: installing", CHECK_TIMEOUT)?;
     vm.wait_for(
         "atoll-grub: booting slot B (trial, tries left 2)",
@@ -840,6 +864,11 @@ fn before_offer_boot(
 /// check (a minute after the boot is marked good) and the install must
 /// be over by then.
 const WINDOW_AFTER: Duration = Duration::from_secs(3 * 60);
+
+/// The earliest the agent's first scheduled check may come after the
+/// console says it started: check_interval (1m), less a little for the
+/// console's timing.
+const FIRST_CHECK_AFTER: Duration = Duration::from_secs(55);
 
 /// `(hour, minute, weekday name)` of a UTC time in seconds since 1970.
 fn utc_parts(secs: u64) -> (u64, u64, &'static str) {
@@ -887,6 +916,22 @@ fn a_maintenance_window_defers_the_reboot() -> TestResult {
         s.pending.is_some()
     })?;
     let installed_at = SystemTime::now();
+    // By the agent's own first check, a minute (check_interval) or more
+    // after it started: the one test that shows the agent checks on its
+    // schedule (the other update tests run their checks through the API).
+    let agent = vm.console_matches("update agent started");
+    let installing = vm.console_matches("atoll-updater: installing");
+    let after = match (agent.first(), installing.first()) {
+        (Some(a), Some(i)) => i.seen_at.checked_duration_since(a.seen_at),
+        _ => None,
+    };
+    vm.check(after.is_some_and(|d| d >= FIRST_CHECK_AFTER), || {
+        format!(
+            "the install should come from the agent's first scheduled check, at least {} s \
+             after it started: {after:?} after it",
+            FIRST_CHECK_AFTER.as_secs()
+        )
+    })?;
     vm.check(installed_at < opens_at, || {
         format!(
             "the install finished only after the window opened at {opens_text}: \

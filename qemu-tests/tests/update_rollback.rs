@@ -16,7 +16,9 @@ use std::error::Error;
 use std::time::Duration;
 
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{check_rolled_back_for_good, serve_copy, REPO_IP, REPO_PORT};
+use common::update::{
+    check_installs_and_reboots, check_rolled_back_for_good, serve_copy, REPO_IP, REPO_PORT,
+};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo::{self, Flavour, UpdateRepo};
@@ -24,9 +26,7 @@ use qemu_tests::vm::{NetUser, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// The agent's first check comes within check_interval (1m) plus 10 s of
-/// jitter; the download and install under TCG and the reboot take a few
-/// minutes more.
+/// The download and install under TCG and the reboot take a few minutes.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// `[update] tries` in these tests: fewer boots than the default 3.
 const TRIES: u8 = 2;
@@ -48,8 +48,14 @@ ready_deadline = "{}s"
 }
 
 /// Boots version 1 from slot A with the repository behind guestfwd and
-/// waits until the agent starts installing; returns the VM and version 1.
-fn boot_until_installing(name: &str, server: &HttpFileServer) -> Result<(Vm, String), VmError> {
+/// runs a check through the API (not waiting for the agent's scheduled
+/// one, a minute after it starts), which installs the release and
+/// reboots into it; returns the VM and version 1.
+fn boot_and_install(
+    name: &str,
+    server: &HttpFileServer,
+    repo: &UpdateRepo,
+) -> Result<(Vm, String), VmError> {
     let vm = Vm::builder(name)
         .net_user(NetUser::new().guestfwd(REPO_IP, REPO_PORT, server.port()))
         .fw_cfg_string(FW_CFG_CONFIG, config())
@@ -58,6 +64,7 @@ fn boot_until_installing(name: &str, server: &HttpFileServer) -> Result<(Vm, Str
     vm.check(first.slot == Slot::A, || {
         format!("version 1 should boot from slot A: {:?}", first.line)
     })?;
+    check_installs_and_reboots(&vm, &repo.version, UPDATE_TIMEOUT)?;
     vm.wait_for("atoll-updater: installing", UPDATE_TIMEOUT)?;
     Ok((vm, first.version))
 }
@@ -106,7 +113,7 @@ fn a_release_whose_kernel_panics_is_rolled_back_and_stays_bad() -> TestResult {
     let repo = update_repo::release(Flavour::KernelPanic)?;
     let tmp = tempfile::tempdir()?;
     let server = serve_copy(&repo, tmp.path())?;
-    let (vm, v1) = boot_until_installing("update_kernel_panic", &server)?;
+    let (vm, v1) = boot_and_install("update_kernel_panic", &server, &repo)?;
     for left in (0..TRIES).rev() {
         let booting = format!("atoll-grub: booting slot B (trial, tries left {left})");
         vm.wait_for(booting.as_str(), UPDATE_TIMEOUT)?;
@@ -124,7 +131,7 @@ fn a_release_that_never_gets_ready_is_rolled_back_and_stays_bad() -> TestResult 
     let repo = update_repo::release(Flavour::NeverReady)?;
     let tmp = tempfile::tempdir()?;
     let server = serve_copy(&repo, tmp.path())?;
-    let (vm, v1) = boot_until_installing("update_never_ready", &server)?;
+    let (vm, v1) = boot_and_install("update_never_ready", &server, &repo)?;
     let deadline = format!(
         "atoll: trial boot not ready after {} s (ready_deadline): the watchdog reboots it",
         READY_DEADLINE.as_secs()

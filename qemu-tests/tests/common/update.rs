@@ -1,10 +1,13 @@
 //! The update agent through the host API, for the update tests.
 
+use std::error::Error;
 use std::net::Ipv4Addr;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{BootMode, Request, Response, UpdateAction, UpdateReport, UpdateStatus};
 use atoll_common::layout::Slot;
+use qemu_tests::api_client::{self, ApiError};
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo::UpdateRepo;
 use qemu_tests::vm::{Vm, VmError};
@@ -62,6 +65,93 @@ pub fn wait_update_status(
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// A check started through the host API by [`start_check`].
+pub struct StartedCheck {
+    thread: JoinHandle<Result<Vec<Response>, ApiError>>,
+}
+
+/// Starts a check now through the host API (`atollctl update check`),
+/// for the tests that need the agent to look at the repository but do not
+/// test its schedule (the agent's own first check comes only a minute,
+/// check_interval, plus jitter after it starts). Waits until the agent
+/// runs (the update service answers once the boot is marked good), then
+/// sends the request from a thread that waits up to `timeout` for the
+/// answer: it comes once the check is over, a download and install
+/// included, which takes longer than [`Vm::api`] waits. The API port
+/// serves one client at a time, so the test must not use the API again
+/// until it has the answer ([`StartedCheck::answer`]) or has killed the VM.
+pub fn start_check(vm: &Vm, timeout: Duration) -> Result<StartedCheck, VmError> {
+    wait_update_status(vm, "the update agent running", CHECK_TIMEOUT, |_| true)?;
+    let socket = vm.api_socket().to_path_buf();
+    let request = Request::Update {
+        action: UpdateAction::Check,
+    };
+    let thread = std::thread::Builder::new()
+        .name("update-check".into())
+        .spawn(move || api_client::request(&socket, &request, timeout))
+        .map_err(|e| vm.fail(format!("cannot start the API check's thread: {e}")))?;
+    Ok(StartedCheck { thread })
+}
+
+impl StartedCheck {
+    /// Waits for the check's answer: its report, or the host's refusal
+    /// as `Err(message)`.
+    pub fn answer(self, vm: &Vm) -> Result<Result<UpdateReport, String>, VmError> {
+        let out = self
+            .thread
+            .join()
+            .map_err(|_| vm.fail("the API check's thread panicked"))?
+            .map_err(|e| vm.fail(format!("update check through the API: {}", chain(&e))))?;
+        for r in &out {
+            match r {
+                Response::Update(u) => return Ok(Ok((**u).clone())),
+                Response::Error { message } => return Ok(Err(message.clone())),
+                _ => {}
+            }
+        }
+        Err(vm.fail(format!("no report for the update check: {out:?}")))
+    }
+
+    /// Waits for the check's report; a refusal is an error.
+    pub fn report(self, vm: &Vm) -> Result<UpdateReport, VmError> {
+        self.answer(vm)?
+            .map_err(|message| vm.fail(format!("the update check was refused: {message}")))
+    }
+}
+
+/// Runs a check now through the host API and waits up to `timeout` for
+/// its report ([`start_check`]).
+pub fn check_now(vm: &Vm, timeout: Duration) -> Result<UpdateReport, VmError> {
+    start_check(vm, timeout)?.report(vm)
+}
+
+/// Runs a check now through the host API on a host with strategy
+/// `immediate`: it must install `version` and reboot into it, answering
+/// within `timeout`.
+pub fn check_installs_and_reboots(
+    vm: &Vm,
+    version: &str,
+    timeout: Duration,
+) -> Result<(), VmError> {
+    let r = check_now(vm, timeout)?;
+    vm.check(
+        r.outcome.contains(version) && r.outcome.ends_with("rebooting"),
+        || format!("the check should install {version} and reboot: {r:?}"),
+    )
+}
+
+/// An error with its sources, `: `-separated.
+fn chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Whether the agent's history has an event saying `text`.
