@@ -186,6 +186,7 @@ pub async fn provision_config(
     machine_id: &str,
     report: &Arc<Mutex<ConfigReport>>,
     net_status: &Arc<Mutex<NetStatus>>,
+    nic_drivers: &mut Option<tokio::task::JoinHandle<Option<Arc<ModuleDb>>>>,
     steps: &mut Steps,
 ) -> ConfigStep {
     let default_host = etc::default_hostname(machine_id);
@@ -200,6 +201,10 @@ pub async fn provision_config(
     if found.is_none() {
         match sources::detect_cloud(Path::new("/sys/class/dmi/id")) {
             Some(cloud) => {
+                // The metadata service is on the network: its drivers first.
+                if let Some(task) = nic_drivers.take() {
+                    let _ = task.await;
+                }
                 let plan = net_plan(&config::builtin_default(), &default_host);
                 let handle = net::start(plan.clone(), net_status.clone());
                 handle.configured().await;

@@ -226,17 +226,30 @@ fn release_deferred(which: &dyn Fn(pcidefer::Class) -> bool) {
     }
 }
 
-/// What the config step needs before ready: the NICs and QEMU's fw_cfg
-/// (and, on a trial boot, the watchdog first). The rest loads after ready.
-fn coldplug_early(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
-    let db = open_modules()?;
-    if trial {
-        arm_watchdog(&db, &dog);
+/// What the boot needs before ready, in two parts: QEMU's fw_cfg (a
+/// config source; on a trial boot the watchdog first), announced through
+/// `config_drivers` so that the config step and the containers that need no
+/// network can go on, then the NICs (bound now: [`pcidefer`]) and their
+/// drivers, which the network step waits for. The rest loads after ready.
+fn coldplug_early(
+    trial: bool,
+    dog: SharedDog,
+    config_drivers: tokio::sync::oneshot::Sender<Option<Arc<ModuleDb>>>,
+) -> Option<Arc<ModuleDb>> {
+    let db = open_modules().map(Arc::new);
+    if let Some(db) = &db {
+        if trial {
+            arm_watchdog(db, &dog);
+        }
+        let report = db.coldplug_matching(&crate::modules::is_fw_cfg_modalias);
+        for (m, why) in &report.failed {
+            log::warn!("module {m}: {why}");
+        }
     }
+    let _ = config_drivers.send(db.clone());
+    let db = db?;
     release_deferred(&|c| c == pcidefer::Class::Early);
-    let report = db.coldplug_matching(&|a: &str| {
-        crate::modules::is_network_modalias(a) || crate::modules::is_fw_cfg_modalias(a)
-    });
+    let report = db.coldplug_matching(&crate::modules::is_network_modalias);
     for (m, why) in &report.failed {
         log::warn!("module {m}: {why}");
     }
@@ -244,8 +257,8 @@ fn coldplug_early(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
 }
 
 /// Everything at once (boots where stage 1 left no disk).
-fn coldplug_all(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
-    let db = open_modules()?;
+fn coldplug_all(trial: bool, dog: SharedDog) -> Option<Arc<ModuleDb>> {
+    let db = Arc::new(open_modules()?);
     if trial {
         arm_watchdog(&db, &dog);
     }
@@ -255,7 +268,9 @@ fn coldplug_all(trial: bool, dog: SharedDog) -> Option<ModuleDb> {
     Some(db)
 }
 
-async fn join_modules(task: tokio::task::JoinHandle<Option<ModuleDb>>) -> Option<ModuleDb> {
+async fn join_modules(
+    task: tokio::task::JoinHandle<Option<Arc<ModuleDb>>>,
+) -> Option<Arc<ModuleDb>> {
     match task.await {
         Ok(db) => db,
         Err(e) => {
@@ -368,18 +383,19 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     steps.done("journal socket");
 
-    // The drivers the config step needs (NICs, fw_cfg) load now, beside
-    // DATA; a trial boot arms its watchdog first. The rest (IDE, input,
-    // the API port, …) loads after ready.
+    // The drivers the config step needs (fw_cfg, then the NICs) load now,
+    // beside DATA; a trial boot arms its watchdog first. The rest (IDE,
+    // input, the API port, …) loads after ready.
     let trial = args.mode == Some(BootMode::Trial);
     let dog: SharedDog = Arc::default();
     if trial {
         tokio::task::spawn_local(feed_watchdog(dog.clone(), args.slot));
     }
+    let (config_drivers_tx, config_drivers) = tokio::sync::oneshot::channel();
     let mut modules_task = {
         let d = dog.clone();
         Some(tokio::task::spawn_blocking(move || {
-            coldplug_early(trial, d)
+            coldplug_early(trial, d, config_drivers_tx)
         }))
     };
 
@@ -552,18 +568,23 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     steps.done("api");
 
     // 7. The drivers, then the config and the network.
-    let db = match (modules_early.take(), modules_task.take()) {
-        (Some(db), _) => db,
-        (None, Some(task)) => join_modules(task).await,
-        (None, None) => None,
+    // The config sources' drivers; the NICs' may still be loading.
+    let (db, mut nic_drivers) = match (modules_early.take(), modules_task.take()) {
+        (Some(db), _) => (db, None),
+        (None, Some(task)) => match config_drivers.await {
+            Ok(db) => (db, Some(task)),
+            // The coldplug died before fw_cfg: what it left is all there is.
+            Err(_) => (join_modules(task).await, None),
+        },
+        (None, None) => (None, None),
     };
-    let db = db.map(Arc::new);
     steps.done("modules");
     let step = config::provision_config(
         db.clone(),
         &machine_id,
         &config_report,
         &net_status,
+        &mut nic_drivers,
         &mut steps,
     )
     .await;
@@ -589,6 +610,10 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     ));
     tokio::task::spawn_local(supervisor.clone().serve_actions(actions_rx));
     steps.done("containers started");
+    if let Some(task) = nic_drivers.take() {
+        join_modules(task).await;
+    }
+    steps.done("NIC drivers");
     let prov = config::provision_network(step, &net_status, &mut steps).await;
     let _ = network_up.send(true);
     // 7c. The update service: answers the API now, runs the agent once the
