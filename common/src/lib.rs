@@ -6,11 +6,14 @@
 //! - [`grubenv`]: the GRUB environment block that holds the A/B boot state;
 //! - [`bootstate`]: the slot-choice logic on top of grubenv (the same rules
 //!   grub.cfg follows), used by PID 1 and the updater;
-//! - [`api`]: the host API protocol spoken by PID 1 and `atollctl`.
+//! - [`api`]: the host API protocol spoken by PID 1 and `atollctl`;
+//! - [`error`]: an error and its causes as one line, for every crate's logs
+//!   and messages.
 
 pub mod api;
 pub mod bootstate;
 pub mod config;
+pub mod error;
 pub mod fsutil;
 pub mod grubenv;
 pub mod layout;

@@ -27,6 +27,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use atoll_common::error::error_chain;
 use nix::errno::Errno;
 use nix::kmod::{finit_module, ModuleInitFlags};
 
@@ -88,18 +89,6 @@ fn errno_hint(e: Errno) -> &'static str {
         Errno::ENODEV | Errno::ENXIO => " (no matching hardware)",
         _ => "",
     }
-}
-
-/// The error and its sources on one line, joined by ": ".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 /// What [`ModuleDb::coldplug`] did.
@@ -551,7 +540,7 @@ impl ModuleDb {
             let loaded = !newly.is_empty();
             report.loaded.append(&mut newly);
             if let Err(e) = result {
-                let reason = chain(&e);
+                let reason = error_chain(&e);
                 log::warn!("module {module} for {alias}: {reason}");
                 report.failed.push((module, reason));
             }

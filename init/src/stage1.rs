@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{BootStep, Stage1Times};
+use atoll_common::error::error_chain;
 use atoll_common::layout::{self, Slot};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -104,18 +105,6 @@ pub enum Stage1Error {
     InitNotFile { path: PathBuf },
     #[error("cannot switch root")]
     SwitchRoot(#[source] SwitchRootError),
-}
-
-/// The error and each of its sources, joined by ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 /// A line on the console. Write errors are ignored: there is nowhere else
@@ -538,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn error_chain_joins_sources() {
+    fn verity_error_names_each_cause_once() {
         let e = Stage1Error::Verity {
             device: "/dev/vda3".into(),
             source: DmError::Ioctl {

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use atoll_common::config::Registries;
+use atoll_common::error::error_chain;
 use futures_util::{StreamExt, TryStreamExt};
 use rustix::fs::FlockOperation;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -137,18 +138,6 @@ pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
 /// image reference for [`pull`].
 pub fn is_archive_url(source: &str) -> bool {
     source.starts_with("https://") || source.starts_with("http://")
-}
-
-/// Formats an error with its sources, for warnings.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Pulls `reference` for `platform` into `store` and names it there by its
@@ -314,7 +303,7 @@ impl Puller<'_> {
             log::warn!(
                 "mirror {} failed, trying the next: {}",
                 endpoint.base,
-                chain(e)
+                error_chain(e)
             );
         }
     }
@@ -361,7 +350,7 @@ impl Puller<'_> {
                         log::warn!(
                             "layer {digest}: attempt {attempt} of {ATTEMPTS} at {} cut short: {}",
                             endpoint.base,
-                            chain(&e)
+                            error_chain(&e)
                         );
                         last = Some(e);
                     }

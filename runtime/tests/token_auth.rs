@@ -20,6 +20,7 @@
 use std::path::Path;
 
 use atoll_common::config::{Credential, Registries};
+use atoll_common::error::error_chain;
 use atoll_runtime::digest::Digest;
 use atoll_runtime::manifest::{Descriptor, Platform, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST};
 use atoll_runtime::pull::{pull, PullError};
@@ -142,18 +143,6 @@ fn credentials(registry: &TokenRegistry, username: &str, password: &str) -> Regi
     }
 }
 
-/// Formats an error with its sources, as the CLI shows it.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 #[test]
 fn pull_from_a_token_auth_registry() {
     if !Path::new(REGISTRY_BIN).exists() {
@@ -227,7 +216,7 @@ fn pull_from_a_token_auth_registry() {
                 &|_| {},
             ))
             .expect_err("a pull without credentials");
-        let text = chain(&e);
+        let text = error_chain(&e);
         assert!(
             matches!(
                 e,
@@ -261,7 +250,7 @@ fn pull_from_a_token_auth_registry() {
             &|_| {},
         ))
         .expect_err("a pull with a wrong password");
-    let text = chain(&e);
+    let text = error_chain(&e);
     assert!(
         matches!(e, PullError::Registry(RegistryError::Denied { .. })),
         "{text}"
@@ -284,7 +273,7 @@ fn pull_from_a_token_auth_registry() {
         .unwrap_or_else(|e| {
             panic!(
                 "pull: {}\nregistry log:\n{}",
-                chain(&e),
+                error_chain(&e),
                 registry.registry().log()
             )
         });
@@ -337,7 +326,7 @@ fn pull_from_a_token_auth_registry() {
             &Platform::default(),
             &|_| {},
         ))
-        .unwrap_or_else(|e| panic!("pull with a token: {}", chain(&e)));
+        .unwrap_or_else(|e| panic!("pull with a token: {}", error_chain(&e)));
     assert_eq!(digest, image.digest());
     assert!(registry.seen().is_empty(), "{:?}", registry.seen());
 }

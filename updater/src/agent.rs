@@ -25,7 +25,6 @@
 //! `last_error`; the slot is never offered to the boot loader. An
 //! interrupted download is a warning and resumes at the next check.
 
-use std::error::Error as StdError;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +45,10 @@ use crate::state::{
     remove_durably, AgentState, BootOutcome, Download, Event, Pending, StateError, StoredMetadata,
     PROGRESS_FILE, STATE_FILE,
 };
+
+/// An error and its sources, `: `-separated: the shared function, under the
+/// name the agent and `atoll-updater` use.
+pub use atoll_common::error::error_chain as chain;
 
 /// The download's progress is saved to the state at most this often (in
 /// payload bytes).
@@ -775,18 +778,6 @@ fn repo<'a>(
     Ok(repo.insert(made))
 }
 
-/// An error and its sources, `: `-separated.
-pub fn chain(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// A payload source that counts the bytes into the state's download.
 struct Counting<'a> {
     inner: &'a mut HttpRepo,
@@ -881,7 +872,7 @@ mod tests {
     }
 
     #[test]
-    fn error_chains() {
+    fn metadata_error_names_its_cause() {
         let e = AgentError::Metadata(Box::new(UpdateError::NoTargets));
         assert_eq!(
             chain(&e),

@@ -17,6 +17,10 @@ use nix::mount::MsFlags;
 use super::partition::{self, DiskLayout, PartitionError, PartitionPlan, SECTOR};
 use super::{console, ioctl, reaper};
 
+/// `error: cause: cause` on one line: the shared function, re-exported
+/// where init's network, provisioning and stage 2 code already name it.
+pub use atoll_common::error::error_chain;
+
 /// How much of the partition's start is read to decide whether it is blank.
 pub const PROBE_BYTES: usize = 1024 * 1024;
 /// The mke2fs that ships in the root image.
@@ -426,18 +430,6 @@ fn setup_inner(
         size_bytes: 0,
         free_bytes: 0,
     })
-}
-
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Fills in size and free space of the file system on `target`.

@@ -1,11 +1,11 @@
 //! The update agent through the host API, for the update tests.
 
-use std::error::Error;
 use std::net::Ipv4Addr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use atoll_common::api::{BootMode, Request, Response, UpdateAction, UpdateReport, UpdateStatus};
+use atoll_common::error::error_chain;
 use atoll_common::layout::Slot;
 use qemu_tests::api_client::{self, ApiError};
 use qemu_tests::servers::HttpFileServer;
@@ -103,7 +103,7 @@ impl StartedCheck {
             .thread
             .join()
             .map_err(|_| vm.fail("the API check's thread panicked"))?
-            .map_err(|e| vm.fail(format!("update check through the API: {}", chain(&e))))?;
+            .map_err(|e| vm.fail(format!("update check through the API: {}", error_chain(&e))))?;
         for r in &out {
             match r {
                 Response::Update(u) => return Ok(Ok((**u).clone())),
@@ -140,18 +140,6 @@ pub fn check_installs_and_reboots(
         r.outcome.contains(version) && r.outcome.ends_with("rebooting"),
         || format!("the check should install {version} and reboot: {r:?}"),
     )
-}
-
-/// An error with its sources, `: `-separated.
-fn chain(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Whether the agent's history has an event saying `text`.

@@ -361,18 +361,11 @@ fn pull(store: &Path, config: Option<&Path>, reference: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// The error and its causes, joined with ": ".
-fn chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
 /// Report an error as runc does: logrus text on stderr, and the chosen
 /// format in the log file.
 fn report(cli: &Cli, err: &anyhow::Error) {
-    let msg = chain(err);
+    // The error and its causes, joined with ": ".
+    let msg = format!("{err:#}");
     let time = rfc3339_now();
     let text = format!("time={time:?} level=error msg={msg:?}\n");
     let _ = std::io::stderr().write_all(text.as_bytes());

@@ -59,6 +59,10 @@ use super::spec::{
 };
 use super::sys::LinuxMounts;
 
+/// The error and its sources, joined with ": ": the shared function,
+/// re-exported where the health checks already name it.
+pub(crate) use atoll_common::error::error_chain;
+
 /// Errors starting or managing a container process.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -816,18 +820,6 @@ pub(super) fn find_program(arg0: &str, env: &[String]) -> Result<CString, String
         }
     }
     Err(format!("{arg0:?}: not found in PATH {path:?}"))
-}
-
-/// The error and its sources, joined with ": ".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Set IFF_UP on `lo` (a new network namespace starts with it down).
