@@ -207,9 +207,9 @@ fn arm_watchdog(db: &ModuleDb, slot: &SharedDog) {
 
 /// Every module the hardware asks for by modalias, plus the input ones that
 /// coldplug cannot match (evdev binds to input devices that appear only
-/// once `button` is loaded).
+/// once `button` is loaded). The callers have already released every
+/// deferred PCI function ([`release_deferred`]), so the coldplug sees them.
 fn coldplug_rest(db: &ModuleDb) {
-    release_deferred(&|_| true);
     let report = db.coldplug();
     for (m, why) in &report.failed {
         log::warn!("module {m}: {why}");
