@@ -16,6 +16,7 @@ pub mod containers;
 pub mod ctl;
 pub mod dm;
 pub mod elf;
+mod le;
 pub mod modules;
 pub mod net;
 pub mod pcidefer;

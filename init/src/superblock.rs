@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::dm::VerityParams;
+use crate::le::{u16_at, u32_at, u64_at};
 
 /// Both data and hash blocks are this size.
 const BLOCK: u64 = atoll_common::layout::VERITY_BLOCK_SIZE;
@@ -56,17 +57,17 @@ pub struct Squashfs {
 
 /// Parses a squashfs 4.0 superblock (the first 96 bytes, little endian).
 pub fn parse_squashfs(b: &[u8]) -> Result<Squashfs, SuperblockError> {
-    let b = b
-        .get(..SQUASHFS_SB_SIZE)
-        .ok_or_else(|| SuperblockError::Squashfs("superblock is cut short".into()))?;
+    let short = || SuperblockError::Squashfs("superblock is cut short".into());
+    let b = b.get(..SQUASHFS_SB_SIZE).ok_or_else(short)?;
     let magic = [b[0], b[1], b[2], b[3]];
     if &magic != SQUASHFS_MAGIC {
         return Err(SuperblockError::SquashfsMagic(magic));
     }
-    let block_size = le32(b, 12);
-    let block_log = le16(b, 22);
-    let (major, minor) = (le16(b, 28), le16(b, 30));
-    let bytes_used = le64(b, 40);
+    let block_size = u32_at(b, 12).ok_or_else(short)?;
+    let block_log = u16_at(b, 22).ok_or_else(short)?;
+    let major = u16_at(b, 28).ok_or_else(short)?;
+    let minor = u16_at(b, 30).ok_or_else(short)?;
+    let bytes_used = u64_at(b, 40).ok_or_else(short)?;
     let odd = |what: String| Err(SuperblockError::Squashfs(what));
     if (major, minor) != (4, 0) {
         return odd(format!("version {major}.{minor}, want 4.0"));
@@ -124,9 +125,8 @@ impl VeritySuperblock {
 /// hash type 1, sha256, 4096-byte blocks, a salt of at most 256 bytes.
 pub fn parse_verity(b: &[u8], offset: u64) -> Result<VeritySuperblock, SuperblockError> {
     let odd = |what: String| SuperblockError::Verity { offset, what };
-    let b = b
-        .get(..VERITY_SB_SIZE)
-        .ok_or_else(|| odd("superblock is cut short".into()))?;
+    let short = || odd("superblock is cut short".into());
+    let b = b.get(..VERITY_SB_SIZE).ok_or_else(short)?;
     let mut found = [0u8; 8];
     found.copy_from_slice(&b[..8]);
     if &found != VERITY_SIGNATURE {
@@ -136,15 +136,15 @@ pub fn parse_verity(b: &[u8], offset: u64) -> Result<VeritySuperblock, Superbloc
     uuid.copy_from_slice(&b[16..32]);
     let alg = &b[32..64];
     let alg_end = alg.iter().position(|&c| c == 0).unwrap_or(alg.len());
-    let salt_size = le16(b, 80) as usize;
+    let salt_size = usize::from(u16_at(b, 80).ok_or_else(short)?);
     let sb = VeritySuperblock {
-        version: le32(b, 8),
-        hash_type: le32(b, 12),
+        version: u32_at(b, 8).ok_or_else(short)?,
+        hash_type: u32_at(b, 12).ok_or_else(short)?,
         uuid,
         algorithm: String::from_utf8_lossy(&alg[..alg_end]).into_owned(),
-        data_block_size: le32(b, 64),
-        hash_block_size: le32(b, 68),
-        data_blocks: le64(b, 72),
+        data_block_size: u32_at(b, 64).ok_or_else(short)?,
+        hash_block_size: u32_at(b, 68).ok_or_else(short)?,
+        data_blocks: u64_at(b, 72).ok_or_else(short)?,
         salt: b[88..88 + salt_size.min(MAX_SALT)].to_vec(),
     };
     if sb.version != 1 {
@@ -268,20 +268,6 @@ pub fn read_verity_params(dev: &Path, root_hash: &str) -> Result<VerityParams, S
 fn read_at(f: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
     f.seek(SeekFrom::Start(offset))?;
     f.read_exact(buf)
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -534,13 +520,20 @@ mod tests {
                 "offset {at}"
             );
         }
-        assert!(parse_verity(&real_verity_sb()[..100], 0).is_err());
+        assert!(matches!(
+            parse_verity(&real_verity_sb()[..511], 0),
+            Err(SuperblockError::Verity { what, .. }) if what == "superblock is cut short"
+        ));
 
         let sq = |at: usize, v: &[u8]| {
             let mut b = squashfs_sb(100_302);
             b[at..at + v.len()].copy_from_slice(v);
             parse_squashfs(&b)
         };
+        assert!(matches!(
+            parse_squashfs(&squashfs_sb(100_302)[..95]),
+            Err(SuperblockError::Squashfs(what)) if what == "superblock is cut short"
+        ));
         assert!(matches!(
             sq(0, b"sqsh"),
             Err(SuperblockError::SquashfsMagic(_))

@@ -103,9 +103,7 @@ pub fn classify(head: &[u8]) -> Content {
 /// offset 1024 of the device). statfs is no use here: it leaves out the
 /// file system's own overhead.
 pub fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
-    let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(sb.get(off..off + 4)?.try_into().ok()?))
-    };
+    let u32_at = |at| crate::le::u32_at(sb, at);
     if sb.get(0x38..0x3a)? != [0x53, 0xef] {
         return None;
     }
