@@ -121,6 +121,12 @@ impl Registry {
         self.port
     }
 
+    /// `127.0.0.1:<port>`, the registry as the host names it in an image
+    /// reference.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// `GUEST_IP:GUEST_PORT`, the registry as the guest names it.
     pub fn guest_host() -> String {
         format!("{GUEST_IP}:{GUEST_PORT}")

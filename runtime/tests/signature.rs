@@ -5,10 +5,8 @@
 //! and `atoll-runtime verify` run as PID 1 runs it. Skips with a printed
 //! reason when docker-registry or skopeo is missing.
 
-#[path = "common/registry.rs"]
-mod test_registry;
-
 use std::fs;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -21,7 +19,7 @@ use atoll_runtime::signature::{
 };
 use atoll_runtime::store::Store;
 use ed25519_dalek::{Signer, SigningKey};
-use test_registry::{TestRegistry, REGISTRY_BIN};
+use qemu_tests::registry::{Registry, REGISTRY_BIN};
 
 const BUSYBOX: &str = "/bin/busybox";
 const RUNTIME: &str = env!("CARGO_BIN_EXE_atoll-runtime");
@@ -167,7 +165,7 @@ fn signed_images_verify_from_the_registry_then_from_the_store() {
         eprintln!("skipped: {reason}");
         return;
     }
-    let mut registry = TestRegistry::start("");
+    let registry = Registry::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let layouts = dir.path().join("layouts");
     let host_store: PathBuf = dir.path().join("store");
@@ -246,7 +244,12 @@ fn signed_images_verify_from_the_registry_then_from_the_store() {
     );
 
     // Without the network: the stored copy.
-    registry.stop();
+    let port = registry.port();
+    drop(registry);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the registry still answers"
+    );
     let out = verify(&host_store, &key, &signed);
     assert!(out.status.success(), "verify offline: {}", text(&out));
     assert!(
