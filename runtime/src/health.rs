@@ -33,7 +33,8 @@ use nix::sys::signal::Signal;
 
 use crate::run::cgroup::Cgroup;
 use crate::run::exec::{exec, ExecSpec};
-use crate::run::process::{error_chain, ExitStatus, Stdio};
+use crate::run::process::{ExitStatus, Stdio};
+use atoll_common::error::error_chain;
 
 /// The most output a probe keeps (Docker's `maxOutputLen`).
 pub const MAX_OUTPUT: usize = 4096;

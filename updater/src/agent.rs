@@ -48,7 +48,7 @@ use crate::state::{
 
 /// An error and its sources, `: `-separated: the shared function, under the
 /// name the agent and `atoll-updater` use.
-pub use atoll_common::error::error_chain as chain;
+use atoll_common::error::error_chain as chain;
 
 /// The download's progress is saved to the state at most this often (in
 /// payload bytes).

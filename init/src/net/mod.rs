@@ -53,6 +53,7 @@ pub use self::plan::{InterfacePlan, LinkMatch, Method, NetPlan, StaticPlan, Stat
 pub use self::resolv::render_resolv_conf;
 pub use self::status::summary_line;
 use self::status::Managed;
+use atoll_common::error::error_chain;
 
 /// How often the status is refreshed (and new wired links looked for).
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -215,7 +216,7 @@ fn setup_loopback(nl: &mut netlink::Netlink) -> Result<Vec<String>, netlink::Net
         match nl.add_address(lo.index, a, Lifetime::Forever) {
             // IPv6 may be disabled on the kernel command line.
             Err(e) if a.addr().is_ipv6() && e.errno() == Some(nix::libc::EAFNOSUPPORT) => {}
-            Err(e) => errors.push(crate::stage2::data::error_chain(&e)),
+            Err(e) => errors.push(error_chain(&e)),
             Ok(()) => {}
         }
     }
@@ -228,16 +229,16 @@ fn prepare_link(nl: &mut netlink::Netlink, link: &Link, entry: &InterfacePlan) -
     if let Err(e) = sysctl::set_ipv6_slaac(&link.name, entry.ipv6_slaac) {
         // No IPv6 in this kernel: nothing to switch.
         if e.source.kind() != std::io::ErrorKind::NotFound {
-            errors.push(crate::stage2::data::error_chain(&e));
+            errors.push(error_chain(&e));
         }
     }
     if let Some(mtu) = entry.mtu {
         if let Err(e) = nl.set_mtu(link.index, mtu) {
-            errors.push(crate::stage2::data::error_chain(&e));
+            errors.push(error_chain(&e));
         }
     }
     if let Err(e) = nl.set_up(link.index) {
-        errors.push(crate::stage2::data::error_chain(&e));
+        errors.push(error_chain(&e));
         return errors;
     }
     if let Method::Static(s) = &entry.method {
@@ -257,7 +258,7 @@ async fn list_links() -> Vec<Link> {
     match netlink::blocking(|nl| nl.links()).await {
         Ok(l) => l,
         Err(e) => {
-            log::error!("network: {}", crate::stage2::data::error_chain(&e));
+            log::error!("network: {}", error_chain(&e));
             Vec::new()
         }
     }
@@ -290,7 +291,7 @@ impl Manager {
         let (l, e) = (link.clone(), entry.clone());
         let errors = match netlink::blocking(move |nl| Ok(prepare_link(nl, &l, &e))).await {
             Ok(errors) => errors,
-            Err(e) => vec![crate::stage2::data::error_chain(&e)],
+            Err(e) => vec![error_chain(&e)],
         };
         for e in &errors {
             log::warn!("{}: {e}", link.name);
@@ -429,7 +430,7 @@ impl Manager {
                 }
                 self.resolv = Some(text);
             }
-            Err(e) => log::warn!("{}", crate::stage2::data::error_chain(&e)),
+            Err(e) => log::warn!("{}", error_chain(&e)),
         }
     }
 
@@ -459,7 +460,7 @@ impl Manager {
         let (links, addresses, routes) = match dump().await {
             Ok(t) => t,
             Err(e) => {
-                log::warn!("network status: {}", crate::stage2::data::error_chain(&e));
+                log::warn!("network status: {}", error_chain(&e));
                 return;
             }
         };
@@ -557,7 +558,7 @@ impl Manager {
                     log::warn!("lo: {e}");
                 }
             }
-            Err(e) => log::error!("lo: {}", crate::stage2::data::error_chain(&e)),
+            Err(e) => log::error!("lo: {}", error_chain(&e)),
         }
         // The links the plan expects may still be on their way (drivers):
         // configure each as it shows up, until all are there or time is up.
@@ -648,7 +649,7 @@ async fn clock_task(
                 ntp.error = None;
             }
             Err(e) => {
-                let msg = crate::stage2::data::error_chain(&e);
+                let msg = error_chain(&e);
                 if !matches!(e, sntp::SntpError::NoServers) || ntp.error.is_none() {
                     log::warn!("clock not synchronised: {msg}");
                 }

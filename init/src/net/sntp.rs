@@ -14,6 +14,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use atoll_common::error::error_chain;
 use nix::libc;
 use tokio::net::UdpSocket;
 
@@ -391,8 +392,8 @@ pub async fn sync(servers: &[String], clock: &dyn Clock) -> Result<SyncReport, S
                 return Ok(SyncReport { sample, action });
             }
             Err(e) => {
-                log::debug!("ntp: {}", crate::stage2::data::error_chain(&e));
-                errors.push(crate::stage2::data::error_chain(&e));
+                log::debug!("ntp: {}", error_chain(&e));
+                errors.push(error_chain(&e));
             }
         }
     }

@@ -6,6 +6,7 @@ use ipnet::IpNet;
 
 use super::netlink::{Lifetime, Netlink, Route, RouteOrigin};
 use super::plan::StaticPlan;
+use atoll_common::error::error_chain;
 
 /// The routes a static entry asks for, in the order they are added.
 pub fn static_routes(plan: &StaticPlan, index: u32, metric: Option<u32>) -> Vec<Route> {
@@ -45,12 +46,12 @@ pub fn apply(nl: &mut Netlink, index: u32, plan: &StaticPlan, metric: Option<u32
     let mut errors = Vec::new();
     for a in &plan.addresses {
         if let Err(e) = nl.add_address(index, *a, Lifetime::Forever) {
-            errors.push(crate::stage2::data::error_chain(&e));
+            errors.push(error_chain(&e));
         }
     }
     for r in static_routes(plan, index, metric) {
         if let Err(e) = nl.add_route(&r) {
-            errors.push(crate::stage2::data::error_chain(&e));
+            errors.push(error_chain(&e));
         }
     }
     errors

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::http;
-use crate::stage2::data::error_chain as chain;
+use atoll_common::error::error_chain as chain;
 
 /// The fw_cfg file name QEMU users pass the config under.
 pub const FW_CFG_NAME: &str = atoll_common::layout::FW_CFG_CONFIG;

@@ -19,7 +19,7 @@ use atoll_common::config::{self, Config};
 use ipnet::IpNet;
 
 use super::status::Steps;
-use super::{console, data, etc, loghub};
+use super::{console, etc, loghub};
 use crate::modules::ModuleDb;
 use crate::net::plan::{InterfacePlan, LinkMatch, Method, StaticPlan, StaticRoute};
 use crate::net::{self, NetHandle, NetPlan};
@@ -27,6 +27,7 @@ use crate::provision::apply::{self, FileSpec};
 use crate::provision::sources::{self, Probe};
 use crate::provision::store::Store;
 use crate::provision::{self as prov, Decision};
+use atoll_common::error::error_chain;
 
 /// Where DHCP leases are kept for the next boot (INIT-REBOOT).
 pub const LEASE_DIR: &str = "/var/lib/atoll/dhcp";
@@ -135,7 +136,7 @@ fn probe_local(db: Option<&ModuleDb>) -> (Option<sources::Found>, Vec<String>) {
         if let Some(db) = db {
             for m in fs.modules() {
                 if let Err(e) = db.load(m) {
-                    log::warn!("module {m}: {}", data::error_chain(&e));
+                    log::warn!("module {m}: {}", error_chain(&e));
                 }
             }
         }
@@ -262,7 +263,7 @@ pub async fn provision_config(
             match tokio::task::spawn_blocking(move || store.save(&k.source, &k.data, now)).await {
                 Ok(Ok(true)) => log::info!("kept as the last good config"),
                 Ok(Ok(false)) => {}
-                Ok(Err(e)) => log::warn!("{}", data::error_chain(&e)),
+                Ok(Err(e)) => log::warn!("{}", error_chain(&e)),
                 Err(e) => log::warn!("saving the last good config: {e}"),
             }
         }
@@ -332,14 +333,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn apply_config(cfg: &Config, hostname: &str, machine_id: &str) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = etc::render(Path::new("/etc"), hostname, machine_id) {
-        problems.push(data::error_chain(&e));
+        problems.push(error_chain(&e));
     }
     if let Err(e) = apply::set_hostname(hostname) {
-        problems.push(data::error_chain(&e));
+        problems.push(error_chain(&e));
     }
     for (name, value) in &cfg.sysctl {
         if let Err(e) = apply::write_sysctl(Path::new("/proc/sys"), name, value.as_str()) {
-            problems.push(data::error_chain(&e));
+            problems.push(error_chain(&e));
         }
     }
     for f in &cfg.files {
@@ -357,7 +358,7 @@ fn apply_config(cfg: &Config, hostname: &str, machine_id: &str) -> Vec<String> {
         match spec {
             Ok(spec) => match apply::write_file(Path::new("/"), &spec) {
                 Ok(()) => log::info!("wrote {}", f.path),
-                Err(e) => problems.push(data::error_chain(&e)),
+                Err(e) => problems.push(error_chain(&e)),
             },
             Err(e) => problems.push(format!("file {}: {e}", f.path)),
         }
@@ -365,19 +366,19 @@ fn apply_config(cfg: &Config, hostname: &str, machine_id: &str) -> Vec<String> {
     if !cfg.ca_certs.is_empty() {
         let bundle = apply::ca_bundle(&cfg.ca_certs);
         if let Err(e) = apply::write_text(Path::new(apply::CA_BUNDLE), &bundle, 0o644) {
-            problems.push(data::error_chain(&e));
+            problems.push(error_chain(&e));
         }
     }
     if !cfg.admin.ssh_authorized_keys.is_empty() {
         let keys = cfg.admin.ssh_authorized_keys.join("\n") + "\n";
         if let Err(e) = apply::write_text(Path::new(apply::ADMIN_KEYS), &keys, 0o600) {
-            problems.push(data::error_chain(&e));
+            problems.push(error_chain(&e));
         }
     }
     // The effective config for the runtime and the update agent (secrets
     // included, so root only).
     if let Err(e) = apply::write_text(Path::new(apply::EFFECTIVE_CONFIG), &cfg.to_toml(), 0o600) {
-        problems.push(data::error_chain(&e));
+        problems.push(error_chain(&e));
     }
     problems
 }

@@ -19,7 +19,7 @@ use super::{console, ioctl, reaper};
 
 /// `error: cause: cause` on one line: the shared function, re-exported
 /// where init's network, provisioning and stage 2 code already name it.
-pub use atoll_common::error::error_chain;
+use atoll_common::error::error_chain;
 
 /// How much of the partition's start is read to decide whether it is blank.
 pub const PROBE_BYTES: usize = 1024 * 1024;

@@ -57,6 +57,7 @@ use crate::cmdline::BootArgs;
 use crate::modules::ModuleDb;
 use crate::pcidefer;
 use crate::sysblock::SysBlock;
+use atoll_common::error::error_chain;
 
 /// Runs stage 2; never returns.
 pub fn main() -> ! {
@@ -169,7 +170,7 @@ fn open_modules() -> Option<ModuleDb> {
     match ModuleDb::for_running_kernel() {
         Ok(db) => Some(db),
         Err(e) => {
-            log::warn!("kernel modules unavailable: {}", data::error_chain(&e));
+            log::warn!("kernel modules unavailable: {}", error_chain(&e));
             None
         }
     }
@@ -178,7 +179,7 @@ fn open_modules() -> Option<ModuleDb> {
 fn load_modules(db: &ModuleDb, names: &[&str]) {
     for m in names {
         if let Err(e) = db.load(m) {
-            log::warn!("module {m}: {}", data::error_chain(&e));
+            log::warn!("module {m}: {}", error_chain(&e));
         }
     }
 }
@@ -186,7 +187,7 @@ fn load_modules(db: &ModuleDb, names: &[&str]) {
 /// Loads softdog and arms /dev/watchdog, unless the boot got ready meanwhile.
 fn arm_watchdog(db: &ModuleDb, slot: &SharedDog) {
     if let Err(e) = db.load("softdog") {
-        log::warn!("trial boot: no watchdog: {}", data::error_chain(&e));
+        log::warn!("trial boot: no watchdog: {}", error_chain(&e));
         return;
     }
     let mut s = lock(slot);
@@ -337,7 +338,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
 
     // 1. Base mounts and cgroup2.
     for e in mounts::mount_base() {
-        log::error!("{}", data::error_chain(&e));
+        log::error!("{}", error_chain(&e));
     }
     steps.done("mounts");
     let args = match BootArgs::from_proc() {
@@ -367,7 +368,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
                         None => match journal::bind(Path::new(layout::JOURNAL_SOCKET)) {
                             Ok(s) => s,
                             Err(e) => {
-                                log::error!("{}", data::error_chain(&e));
+                                log::error!("{}", error_chain(&e));
                                 std::future::pending::<()>().await;
                                 return;
                             }
@@ -379,7 +380,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
                 }
             });
         }
-        Err(e) => log::error!("{}", data::error_chain(&e)),
+        Err(e) => log::error!("{}", error_chain(&e)),
     }
     steps.done("journal socket");
 
@@ -475,7 +476,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         match machine_id::load_or_create(id_path, || fresh.unwrap_or_else(machine_id::generate)) {
             Ok(m) => m.id,
             Err(e) => {
-                log::error!("machine id: {}", data::error_chain(&e));
+                log::error!("machine id: {}", error_chain(&e));
                 machine_id::generate().unwrap_or_else(|_| "0".repeat(31) + "1")
             }
         };
@@ -484,7 +485,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         log::error!("mounting a tmpfs on /etc: {e}");
     }
     if let Err(e) = etc::render(Path::new("/etc"), &hostname, &machine_id) {
-        log::error!("{}", data::error_chain(&e));
+        log::error!("{}", error_chain(&e));
     }
     if let Err(e) = nix::unistd::sethostname(&hostname) {
         log::error!("sethostname {hostname}: {e}");
@@ -494,7 +495,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     // 5. The log store on /var.
     match logstore::LogStore::open(Path::new(layout::VAR_LOG_DIR)) {
         Ok(store) => hub.open_store(store),
-        Err(e) => log::error!("{}", data::error_chain(&e)),
+        Err(e) => log::error!("{}", error_chain(&e)),
     }
     steps.done("log store");
 
@@ -550,7 +551,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
                         None => match api::bind(Path::new(layout::API_SOCKET)) {
                             Ok(l) => l,
                             Err(e) => {
-                                log::error!("{}", data::error_chain(&e));
+                                log::error!("{}", error_chain(&e));
                                 return;
                             }
                         },
@@ -561,7 +562,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             true
         }
         Err(e) => {
-            log::error!("{}", data::error_chain(&e));
+            log::error!("{}", error_chain(&e));
             false
         }
     };
@@ -761,7 +762,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
                     s.grubenv = rec.report;
                 }
                 Ok(Err(e)) => {
-                    let msg = data::error_chain(&e);
+                    let msg = error_chain(&e);
                     log::error!("cannot mark the boot good: {msg}");
                     s.grubenv = format!("unreadable: {msg}");
                 }

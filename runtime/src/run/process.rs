@@ -61,7 +61,7 @@ use super::sys::LinuxMounts;
 
 /// The error and its sources, joined with ": ": the shared function,
 /// re-exported where the health checks already name it.
-pub(crate) use atoll_common::error::error_chain;
+use atoll_common::error::error_chain;
 
 /// Errors starting or managing a container process.
 #[derive(Debug, thiserror::Error)]

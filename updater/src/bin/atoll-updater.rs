@@ -149,7 +149,7 @@ fn main() -> ExitCode {
     match command(&cli.command, config) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("atoll-updater: {}", agent::chain(&e));
+            eprintln!("atoll-updater: {}", atoll_common::error::error_chain(&e));
             ExitCode::from(EXIT_FAILED)
         }
     }

@@ -16,6 +16,7 @@ use super::frame;
 use super::lease::Lease;
 use super::socket::{self, PacketSocket};
 use crate::net::netlink::{self, Lifetime, Netlink, NetlinkError, Route, RouteOrigin};
+use atoll_common::error::error_chain;
 
 /// Metric of DHCP routes unless the plan sets one (as systemd-networkd).
 pub const DEFAULT_METRIC: u32 = 1024;
@@ -100,7 +101,7 @@ fn apply(
     now: Instant,
 ) -> (Applied, Vec<String>) {
     let mut errors = Vec::new();
-    let mut note = |e: NetlinkError| errors.push(crate::stage2::data::error_chain(&e));
+    let mut note = |e: NetlinkError| errors.push(error_chain(&e));
     if cfg.apply_mtu {
         if let Some(mtu) = lease.mtu {
             if let Err(e) = nl.set_mtu(cfg.index, u32::from(mtu)) {
@@ -158,13 +159,13 @@ fn unapply(nl: &mut Netlink, index: u32, applied: &Applied) -> Vec<String> {
     let mut errors = Vec::new();
     for r in &applied.routes {
         match nl.del_route(r) {
-            Err(e) if !e.is_not_found() => errors.push(crate::stage2::data::error_chain(&e)),
+            Err(e) if !e.is_not_found() => errors.push(error_chain(&e)),
             _ => {}
         }
     }
     if let Some(net) = applied.net {
         match nl.del_address(index, IpNet::V4(net)) {
-            Err(e) if !e.is_not_found() => errors.push(crate::stage2::data::error_chain(&e)),
+            Err(e) if !e.is_not_found() => errors.push(error_chain(&e)),
             _ => {}
         }
     }
@@ -285,7 +286,7 @@ impl Driver {
                     }
                     Err(e) => {
                         self.packet_retry = Some(now + SOCKET_RETRY);
-                        let msg = format!("DHCP: {}", crate::stage2::data::error_chain(&e));
+                        let msg = format!("DHCP: {}", error_chain(&e));
                         self.set_error(Some(msg));
                     }
                 }
@@ -298,11 +299,7 @@ impl Driver {
                 if let Some(l) = self.client.lease() {
                     match socket::unicast_socket(&self.cfg.name, l.address) {
                         Ok(s) => self.udp = Some(s),
-                        Err(e) => log::warn!(
-                            "{}: {}",
-                            self.cfg.name,
-                            crate::stage2::data::error_chain(&e)
-                        ),
+                        Err(e) => log::warn!("{}: {}", self.cfg.name, error_chain(&e)),
                     }
                 }
             }
@@ -365,7 +362,7 @@ impl Driver {
                             self.applied = applied;
                             errors
                         }
-                        Err(e) => vec![crate::stage2::data::error_chain(&e)],
+                        Err(e) => vec![error_chain(&e)],
                     };
                     if renewed {
                         log::debug!("{}: lease on {} renewed", self.cfg.name, lease.address);
@@ -419,7 +416,7 @@ impl Driver {
         match netlink::blocking(move |nl| Ok(unapply(nl, index, &applied))).await {
             Ok(errors) if errors.is_empty() => {}
             Ok(errors) => self.set_error(Some(errors.join("; "))),
-            Err(e) => self.set_error(Some(crate::stage2::data::error_chain(&e))),
+            Err(e) => self.set_error(Some(error_chain(&e))),
         }
     }
 
