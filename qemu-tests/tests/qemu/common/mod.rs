@@ -1,6 +1,4 @@
 //! Checks shared by the integration tests.
-// Each test binary uses a different subset of these.
-#![allow(dead_code)]
 
 pub mod update;
 

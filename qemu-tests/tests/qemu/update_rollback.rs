@@ -10,15 +10,13 @@
 //! alone from then on. (A release whose container stays unhealthy is in
 //! update.rs.)
 
-mod common;
-
 use std::error::Error;
 use std::time::Duration;
 
-use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{
+use crate::common::update::{
     check_installs_and_reboots, check_rolled_back_for_good, serve_copy, REPO_IP, REPO_PORT,
 };
+use atoll_common::layout::{Slot, FW_CFG_CONFIG};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo::{self, Flavour, UpdateRepo};

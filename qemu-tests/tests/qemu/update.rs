@@ -18,17 +18,17 @@
 //! which waits for its schedule anyway (its reboot is armed by the agent's
 //! own checks).
 
-mod common;
+use crate::common;
 
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use atoll_common::api::{ContainerStatus, Request, Response, UpdateAction};
-use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{
+use crate::common::update::{
     check_installs_and_reboots, check_now, history_has, payload_requests, serve_copy, start_check,
     update, wait_update_status, CHECK_TIMEOUT, REPO_IP, REPO_PORT,
 };
+use atoll_common::api::{ContainerStatus, Request, Response, UpdateAction};
+use atoll_common::layout::{Slot, FW_CFG_CONFIG};
 use qemu_tests::console::Pattern;
 use qemu_tests::servers::HttpFileServer;
 use qemu_tests::update_repo;

@@ -10,8 +10,6 @@
 //! and a `docker save` tar through the API, a multi-arch image,
 //! stop/start; every container stopped cleanly at power-off.
 
-mod common;
-
 use std::error::Error;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};

@@ -5,8 +5,6 @@
 //! with gzip), and an EC2-style metadata service; a broken config keeps the
 //! last good one.
 
-mod common;
-
 use std::error::Error;
 use std::io::Write;
 use std::net::Ipv4Addr;

@@ -4,11 +4,9 @@
 //! Each test boots its own VM on a fresh qcow2 overlay of the built image
 //! (`target/atoll/atoll.raw` or `$ATOLL_IMAGE`).
 
-mod common;
-
+use crate::common::{check_ready_status, slot_status, GIB};
 use atoll_common::api::BootMode;
 use atoll_common::layout::{Slot, READY_PREFIX};
-use common::{check_ready_status, slot_status, GIB};
 use qemu_tests::disk;
 use qemu_tests::vm::{Firmware, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 

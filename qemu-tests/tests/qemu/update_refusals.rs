@@ -26,17 +26,17 @@
 //! timestamp version: frozen, past the 3-day freeze limit.
 //!
 //! Bad signatures and a same-length tampered payload are in
-//! `tests/update.rs`.
+//! `update.rs`.
 
-mod common;
+use crate::common;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::update::{history_has, update_status, wait_update_status, REPO_IP, REPO_PORT};
 use atoll_common::api::{Request, Response, UpdateAction, UpdateStatus};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{history_has, update_status, wait_update_status, REPO_IP, REPO_PORT};
 use qemu_tests::console::Pattern;
 use qemu_tests::disk;
 use qemu_tests::servers::HttpFileServer;

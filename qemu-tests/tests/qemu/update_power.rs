@@ -31,7 +31,7 @@
 //! (its reboot is armed by the agent's own checks) and is the one that
 //! shows the agent checks on its own.
 
-mod common;
+use crate::common;
 
 use std::error::Error;
 use std::io::{self, Read, Write};
@@ -41,13 +41,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::update::{
+    check_installs_and_reboots, history_has, start_check, wait_update_status, REPO_IP, REPO_PORT,
+};
 use atoll_common::api::BootMode;
 use atoll_common::bootstate::BootState;
 use atoll_common::grubenv::{self, Grubenv};
 use atoll_common::layout::{Slot, FW_CFG_CONFIG};
-use common::update::{
-    check_installs_and_reboots, history_has, start_check, wait_update_status, REPO_IP, REPO_PORT,
-};
 use qemu_tests::console::Pattern;
 use qemu_tests::disk::{self, EnvFile, Ext4Image, RawCopy};
 use qemu_tests::servers::HttpFileServer;

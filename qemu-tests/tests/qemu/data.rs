@@ -8,15 +8,13 @@
 //! at the DATA partition's offset and boots that file directly, so the host
 //! can read the partition back afterwards.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::common::check_ready_status;
 use atoll_common::api::BootMode;
 use atoll_common::layout::{self, PartitionSpec, Slot};
-use common::check_ready_status;
 use qemu_tests::console::Pattern;
 use qemu_tests::disk::{self, DiskError};
 use qemu_tests::vm::{DiskFormat, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};

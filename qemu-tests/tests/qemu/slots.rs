@@ -6,13 +6,11 @@
 //! the ESP, one flipped byte in a slot) and boot that file directly, so the
 //! host can also read the disk back afterwards.
 
-mod common;
-
+use crate::common::{check_ready_status, slot_status};
 use atoll_common::api::BootMode;
 use atoll_common::bootstate::BootState;
 use atoll_common::grubenv::{self, Grubenv};
 use atoll_common::layout::Slot;
-use common::{check_ready_status, slot_status};
 use qemu_tests::console::Pattern;
 use qemu_tests::disk::{self, EnvFile, RawCopy};
 use qemu_tests::vm::{DiskFormat, Firmware, Vm, VmError, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
