@@ -306,20 +306,25 @@ impl Registry {
     /// Overwrites the middle bytes of a stored blob (keeping its size), so
     /// the registry serves content that does not match its digest.
     pub fn corrupt_blob(&self, digest: &str) -> Result<(), RegistryError> {
-        let hex = digest.trim_start_matches("sha256:");
-        let path = self
-            .dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data");
+        let path = self.blob_path(digest);
         let mut bytes = std::fs::read(&path).map_err(io(format!("{}", path.display())))?;
         let mid = bytes.len() / 2;
         for b in bytes.iter_mut().skip(mid).take(16) {
             *b ^= 0xff;
         }
         std::fs::write(&path, bytes).map_err(io(format!("{}", path.display())))
+    }
+
+    /// Where the registry stores a blob (`sha256:HEX` or `HEX`), for tests
+    /// that damage what it serves.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(hex.get(..2).unwrap_or(hex))
+            .join(hex)
+            .join("data")
     }
 
     /// The registry's own log.

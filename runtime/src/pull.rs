@@ -647,9 +647,10 @@ mod tests {
 
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::process::{Child, Command, Stdio};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
+
+    use qemu_tests::registry::{Registry as TestRegistry, RegistryError as StartError};
 
     use super::*;
     use crate::manifest::{
@@ -658,7 +659,19 @@ mod tests {
     };
     use crate::unpack::UnpackOptions;
 
-    const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+    /// Debian's `docker-registry` on a free loopback port (the harness's
+    /// starter, shared with the QEMU tests); `None`, with a note, where it
+    /// is not installed.
+    fn start_registry() -> Option<TestRegistry> {
+        match TestRegistry::start() {
+            Ok(r) => Some(r),
+            Err(StartError::Missing) => {
+                eprintln!("skipping: {}", StartError::Missing);
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
@@ -668,80 +681,8 @@ mod tests {
             .port()
     }
 
-    /// A `docker-registry` on a free loopback port, storing in a temp dir.
-    struct TestRegistry {
-        child: Child,
-        dir: tempfile::TempDir,
-        port: u16,
-    }
-
-    impl TestRegistry {
-        fn start() -> Option<Self> {
-            if !Path::new(REGISTRY_BIN).exists() {
-                eprintln!(
-                    "skipping: {REGISTRY_BIN} is not installed (apt-get install docker-registry)"
-                );
-                return None;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let config = dir.path().join("config.yml");
-            fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                     http:\n  addr: 127.0.0.1:{port}\n",
-                    dir.path().join("data").display()
-                ),
-            )
-            .unwrap();
-            let log = fs::File::create(dir.path().join("log")).unwrap();
-            let child = Command::new(REGISTRY_BIN)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            let registry = Self { child, dir, port };
-            for _ in 0..200 {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(registry);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            panic!(
-                "docker-registry did not listen on port {port} within 10 s; its log:\n{}",
-                fs::read_to_string(registry.dir.path().join("log")).unwrap_or_default()
-            );
-        }
-
-        fn host(&self) -> String {
-            format!("127.0.0.1:{}", self.port)
-        }
-
-        fn base(&self) -> String {
-            format!("http://{}", self.host())
-        }
-
-        /// Where the registry keeps a blob.
-        fn blob_file(&self, digest: &Digest) -> PathBuf {
-            let hex = digest.hex();
-            self.dir
-                .path()
-                .join("data/docker/registry/v2/blobs/sha256")
-                .join(&hex[..2])
-                .join(&hex)
-                .join("data")
-        }
-    }
-
-    impl Drop for TestRegistry {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn base(registry: &TestRegistry) -> String {
+        format!("http://{}", registry.host())
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -924,10 +865,10 @@ mod tests {
 
     #[test]
     fn pull_from_a_real_registry() {
-        let Some(registry) = TestRegistry::start() else {
+        let Some(registry) = start_registry() else {
             return;
         };
-        let base = registry.base();
+        let base = base(&registry);
         let amd64 = TestImage::new(
             OCI_MANIFEST,
             OCI_CONFIG,
@@ -1195,7 +1136,7 @@ mod tests {
 
     #[test]
     fn interrupted_and_partial_downloads_resume() {
-        let Some(registry) = TestRegistry::start() else {
+        let Some(registry) = start_registry() else {
             return;
         };
         let image = TestImage::new(
@@ -1207,14 +1148,14 @@ mod tests {
         let rt = runtime();
         rt.block_on(async {
             let http = registry::http_client().unwrap();
-            image.push(&http, &registry.base(), "test/big", "v1").await;
+            image.push(&http, &base(&registry), "test/big", "v1").await;
         });
         let layer = image.layer(0).clone();
         let name = format!("{}/test/big:v1", registry.host());
         let reference = Reference::parse(&name).unwrap();
 
         // The connection is cut 300 KB into the layer: the pull resumes.
-        let proxy = Proxy::start(registry.port, Some((layer.digest.to_string(), 300_000)));
+        let proxy = Proxy::start(registry.port(), Some((layer.digest.to_string(), 300_000)));
         let config = config_for(&registry, &[proxy.url()]);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1238,7 +1179,7 @@ mod tests {
         assert!(!store.ingest_path(&layer.digest).exists());
 
         // A partial download left by an earlier pull is continued.
-        let proxy = Proxy::start(registry.port, None);
+        let proxy = Proxy::start(registry.port(), None);
         let config = config_for(&registry, &[proxy.url()]);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1274,7 +1215,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         fs::write(store.ingest_path(&layer.digest), blob).unwrap();
-        let proxy = Proxy::start(registry.port, None);
+        let proxy = Proxy::start(registry.port(), None);
         let config = config_for(&registry, &[proxy.url()]);
         rt.block_on(pull(
             &store,
@@ -1289,7 +1230,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_blob_is_refused() {
-        let Some(registry) = TestRegistry::start() else {
+        let Some(registry) = start_registry() else {
             return;
         };
         let image = TestImage::new(
@@ -1301,10 +1242,10 @@ mod tests {
         let rt = runtime();
         rt.block_on(async {
             let http = registry::http_client().unwrap();
-            image.push(&http, &registry.base(), "test/bad", "v1").await;
+            image.push(&http, &base(&registry), "test/bad", "v1").await;
         });
         let layer = image.layer(0).clone();
-        let path = registry.blob_file(&layer.digest);
+        let path = registry.blob_path(&layer.digest.to_string());
         let mut bytes = fs::read(&path).unwrap();
         bytes[20_000] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
@@ -1335,7 +1276,7 @@ mod tests {
         // A corrupt config is refused too (in a new store: the first one
         // has the config already).
         let config_digest = Digest::of(&image.config);
-        let path = registry.blob_file(&config_digest);
+        let path = registry.blob_path(&config_digest.to_string());
         let mut bytes = fs::read(&path).unwrap();
         bytes[5] ^= 0x01;
         fs::write(&path, &bytes).unwrap();

@@ -372,13 +372,7 @@ fn main() -> ExitCode {
     let code = match ctl::run(&cli.socket, cmd) {
         Ok(code) => code,
         Err(e) => {
-            let mut msg = format!("atollctl: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("atollctl: {}", atoll_common::error::error_chain(&e));
             e.exit_code()
         }
     };
