@@ -3,19 +3,24 @@
 # the QEMU integration tests against a freshly built image.
 set -euo pipefail
 cd "$(dirname "$0")"
+# Each section's header says how far into the run it starts (m:ss), so a
+# slow step shows in the log.
+section() { printf '== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+section "build dependencies"
 scripts/install-deps.sh
-echo "== format and lints"
+section "format and lints"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== image"
+section "image"
 scripts/build-image.sh
-echo "== unit and integration tests"
+section "unit and integration tests"
 # QEMU guests are CPU-bound under TCG: two at a time on a two-core machine.
 cargo test --locked --workspace -- --test-threads=2
-echo "== the DHCP client against dnsmasq (root: network namespaces)"
+section "the DHCP client against dnsmasq (root: network namespaces)"
 cargo test --locked -p atoll-init --lib net::peer_tests -- --ignored
-echo "== fuzzing: the config parser, update metadata, grubenv, layer unpacking"
+section "fuzzing: the config parser, update metadata, grubenv, layer unpacking"
 scripts/fuzz.sh config 30
 scripts/fuzz.sh update_metadata 20
 scripts/fuzz.sh grubenv 20
 scripts/fuzz.sh unpack 20
+section "all passed"
