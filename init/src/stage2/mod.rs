@@ -327,12 +327,6 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let (tx, mut rx) = mpsc::unbounded_channel::<ShutdownKind>();
     let mut steps = Steps::starting_at(start_ms);
     supervise("reaper", reaper::run);
-    // A fresh machine id, in case this is the first boot: getrandom may
-    // wait for the kernel's entropy, so start now, beside the mounts.
-    let (id_tx, id_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = id_tx.send(machine_id::generate());
-    });
     watch_signals(&tx);
     steps.done("event loop");
 
@@ -467,10 +461,14 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let previous_shutdown =
         shutdown::previous_shutdown(Path::new(shutdown::CLEAN_MARKER), state_existed);
     let id_path = Path::new(layout::VAR_MACHINE_ID);
+    // Drawn only when there is none stored (the first boot): a getrandom
+    // that waits for the kernel's entropy makes the kernel spin to gather
+    // jitter until the pool is seeded (about a second of CPU under TCG),
+    // which on a boot that needs no new id only slows everything else.
     let fresh = if machine_id::load(id_path).is_some() {
         None
     } else {
-        id_rx.await.ok()
+        tokio::task::spawn_blocking(machine_id::generate).await.ok()
     };
     let machine_id =
         match machine_id::load_or_create(id_path, || fresh.unwrap_or_else(machine_id::generate)) {
