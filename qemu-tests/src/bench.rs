@@ -52,8 +52,9 @@ pub struct BootSample {
     pub times: BootTimes,
     /// The DHCP lease's DISCOVER-to-ACK time (guest ms), from `net status`.
     pub lease_ms: Option<u64>,
-    /// Guest ms from PID 1's start to the first output line of the default
-    /// config's container (`hello`), from its log record.
+    /// Guest ms from PID 1's start to the first output line of the
+    /// config's first container (the default's `hello`), from its log
+    /// record.
     pub first_container_ms: Option<u64>,
 }
 
@@ -114,6 +115,8 @@ pub struct BenchConfig {
     pub base: Option<PathBuf>,
     /// QEMU with [`ICOUNT_ARGS`].
     pub icount: bool,
+    /// The config given through fw_cfg (`None`: the built-in default).
+    pub config_toml: Option<String>,
 }
 
 impl BenchConfig {
@@ -124,17 +127,35 @@ impl BenchConfig {
         if let Some(base) = &self.base {
             b = b.base(base);
         }
-        // As a host in a cloud: a NIC with DHCP, and the default config.
-        b = b.net_user(crate::vm::NetUser::new()).fw_cfg_string(
-            atoll_common::layout::FW_CFG_CONFIG,
-            atoll_common::config::BUILTIN_DEFAULT_TOML,
-        );
+        // As a host in a cloud: a NIC with DHCP, and a config (the default
+        // one unless told).
+        let config = self
+            .config_toml
+            .as_deref()
+            .unwrap_or(atoll_common::config::BUILTIN_DEFAULT_TOML);
+        b = b
+            .net_user(crate::vm::NetUser::new())
+            .fw_cfg_string(atoll_common::layout::FW_CFG_CONFIG, config);
         if self.icount {
             for a in ICOUNT_ARGS {
                 b = b.arg(a);
             }
         }
         b
+    }
+
+    /// The config's first container, whose first output line is timed
+    /// (`hello` in the default config; `None` if it has none).
+    pub fn first_container(&self) -> Option<String> {
+        let toml = self
+            .config_toml
+            .as_deref()
+            .unwrap_or(atoll_common::config::BUILTIN_DEFAULT_TOML);
+        atoll_common::config::parse(toml.as_bytes(), "bench config")
+            .ok()?
+            .containers
+            .first()
+            .map(|c| c.name.clone())
     }
 
     /// `base` stretched for `icount`.
@@ -199,23 +220,24 @@ fn measure(vm: &Vm, config: &BenchConfig, since: Instant) -> Result<(BootSample,
     Ok((sample, status))
 }
 
-/// The default config's container and the line it prints first.
-pub const FIRST_CONTAINER: &str = "hello";
-
 /// Guest ms from PID 1's start (kernel + stage 1) to the newest record of
-/// [`FIRST_CONTAINER`]'s stdout (this boot's first line: it prints one).
+/// the config's first container's stdout (this boot's first line: the
+/// default config's `hello` prints one); `None` without a container.
 fn first_container_line(
     vm: &Vm,
     times: &BootTimes,
     config: &BenchConfig,
 ) -> Result<Option<u64>, VmError> {
+    let Some(name) = config.first_container() else {
+        return Ok(None);
+    };
     let deadline = Instant::now() + config.timeout(SETTLE_TIMEOUT);
     let pid1_start_us = (times.kernel_ms + times.stage1_ms) * 1000;
     loop {
         let req = atoll_common::api::Request::Logs {
             lines: 0,
             follow: false,
-            ident: Some(FIRST_CONTAINER.into()),
+            ident: Some(name.clone()),
         };
         let newest = vm
             .api(&req)?
@@ -373,7 +395,7 @@ pub const FIRST_CONTAINER_TARGET_MS: u64 = 500;
 pub fn provisioning_table(runs: &[RunSample]) -> String {
     let mut out = String::from(
         "provisioning (guest ms from PID 1 start; lease = DHCP DISCOVER to ACK; \
-         container = the default config's container's first output line)\n",
+         container = the config's first container's first output line)\n",
     );
     out.push_str(&format!(
         "{:<8} {:>15} {:>19} {:>9} {:>10}\n",
@@ -484,6 +506,26 @@ pub fn report(runs: &[RunSample], icount: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timed_container_is_the_configs_first() {
+        let default = BenchConfig::default();
+        assert_eq!(default.first_container().as_deref(), Some("hello"));
+        let none = BenchConfig {
+            config_toml: Some("[network]\ndhcp_default = true\n".into()),
+            ..BenchConfig::default()
+        };
+        assert_eq!(none.first_container(), None);
+        let two = BenchConfig {
+            config_toml: Some(
+                "[[containers]]\nname = \"web\"\nimage = \"localhost/atoll/busybox:latest\"\n\
+                 [[containers]]\nname = \"db\"\nimage = \"localhost/atoll/busybox:latest\"\n"
+                    .into(),
+            ),
+            ..BenchConfig::default()
+        };
+        assert_eq!(two.first_container().as_deref(), Some("web"));
+    }
 
     fn sample(wall: u64, k: u64, s1: u64, s2: u64) -> BootSample {
         BootSample {

@@ -60,6 +60,11 @@ enum Cmd {
         /// mounts, network, ...) with their guest ms: where the time goes.
         #[arg(long)]
         steps: bool,
+        /// The provisioning config (TOML) given to each boot through fw_cfg
+        /// instead of the built-in default (configs/default.toml), e.g. to
+        /// see what its containers or network cost.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -138,8 +143,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             image: img,
             icount,
             steps,
+            config: config_file,
         } => {
             anyhow::ensure!(runs > 0, "--runs must be at least 1");
+            let config_toml = match &config_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    // Refused here, not after a boot that falls back to
+                    // the last good config.
+                    if let Err(e) =
+                        atoll_common::config::parse(text.as_bytes(), &path.display().to_string())
+                    {
+                        anyhow::bail!("{}", e.lines().join("\n"));
+                    }
+                    Some(text)
+                }
+                None => None,
+            };
             let base = image(img)?;
             let fw = firmware(uefi);
             eprintln!(
@@ -151,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 firmware: fw,
                 base: Some(base),
                 icount,
+                config_toml,
             };
             let mut samples = Vec::new();
             for i in 1..=runs {

@@ -96,15 +96,7 @@ impl ConfigError {
             ConfigError::Invalid { origin, problems } => {
                 problems.iter().map(|p| p.render(origin)).collect()
             }
-            other => {
-                let mut line = other.to_string();
-                let mut source = std::error::Error::source(other);
-                while let Some(s) = source {
-                    line.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                vec![line]
-            }
+            other => vec![crate::error::error_chain(other)],
         }
     }
 
