@@ -550,8 +550,8 @@ mod tests {
         };
         let err = build_disk(&opts).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("cargo build --release -p atoll-init"),
+            err.to_string().contains("/nonexistent/init")
+                && err.to_string().contains("scripts/build-image.sh"),
             "{err}"
         );
     }
