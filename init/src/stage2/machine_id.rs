@@ -52,13 +52,6 @@ pub struct MachineId {
     pub existed: bool,
 }
 
-/// The valid id stored at `path`, if any.
-pub fn load(path: &Path) -> Option<String> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let s = s.trim();
-    valid(s).then(|| s.to_string())
-}
-
 /// Reads the id at `path`, or stores a new one from `make` (normally [`generate`]).
 pub fn load_or_create(
     path: &Path,

@@ -460,24 +460,22 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     let state_existed = Path::new(layout::VAR_MACHINE_ID).exists();
     let previous_shutdown =
         shutdown::previous_shutdown(Path::new(shutdown::CLEAN_MARKER), state_existed);
-    let id_path = Path::new(layout::VAR_MACHINE_ID);
-    // Drawn only when there is none stored (the first boot): a getrandom
-    // that waits for the kernel's entropy makes the kernel spin to gather
-    // jitter until the pool is seeded (about a second of CPU under TCG),
-    // which on a boot that needs no new id only slows everything else.
-    let fresh = if machine_id::load(id_path).is_some() {
-        None
-    } else {
-        tokio::task::spawn_blocking(machine_id::generate).await.ok()
+    // A new id is drawn only when none is stored (the first boot): a
+    // getrandom that waits for the kernel's entropy makes the kernel spin to
+    // gather jitter until the pool is seeded (about a second of CPU under
+    // TCG), off the event loop.
+    let stored_or_new =
+        || machine_id::load_or_create(Path::new(layout::VAR_MACHINE_ID), machine_id::generate);
+    let machine_id = match tokio::task::spawn_blocking(stored_or_new)
+        .await
+        .unwrap_or_else(|_| stored_or_new())
+    {
+        Ok(m) => m.id,
+        Err(e) => {
+            log::error!("machine id: {}", error_chain(&e));
+            machine_id::generate().unwrap_or_else(|_| "0".repeat(31) + "1")
+        }
     };
-    let machine_id =
-        match machine_id::load_or_create(id_path, || fresh.unwrap_or_else(machine_id::generate)) {
-            Ok(m) => m.id,
-            Err(e) => {
-                log::error!("machine id: {}", error_chain(&e));
-                machine_id::generate().unwrap_or_else(|_| "0".repeat(31) + "1")
-            }
-        };
     let hostname = etc::default_hostname(&machine_id);
     if let Err(e) = mount_tmpfs("/etc", "mode=0755") {
         log::error!("mounting a tmpfs on /etc: {e}");
