@@ -460,7 +460,7 @@ impl TokenRegistry {
     /// `[[registries.credentials]]`: `127.0.0.1:PORT`, or its guest address.
     pub fn host(&self) -> String {
         match &self.clients {
-            Clients::Host => format!("127.0.0.1:{}", self.registry.port()),
+            Clients::Host => self.registry.host(),
             Clients::Guest { registry, .. } => registry.to_string(),
         }
     }

@@ -17,8 +17,6 @@ use nix::mount::MsFlags;
 use super::partition::{self, DiskLayout, PartitionError, PartitionPlan, SECTOR};
 use super::{console, ioctl, reaper};
 
-/// `error: cause: cause` on one line: the shared function, re-exported
-/// where init's network, provisioning and stage 2 code already name it.
 use atoll_common::error::error_chain;
 
 /// How much of the partition's start is read to decide whether it is blank.
