@@ -129,13 +129,9 @@ impl BenchConfig {
         }
         // As a host in a cloud: a NIC with DHCP, and a config (the default
         // one unless told).
-        let config = self
-            .config_toml
-            .as_deref()
-            .unwrap_or(atoll_common::config::BUILTIN_DEFAULT_TOML);
         b = b
             .net_user(crate::vm::NetUser::new())
-            .fw_cfg_string(atoll_common::layout::FW_CFG_CONFIG, config);
+            .fw_cfg_string(atoll_common::layout::FW_CFG_CONFIG, self.config_text());
         if self.icount {
             for a in ICOUNT_ARGS {
                 b = b.arg(a);
@@ -147,15 +143,18 @@ impl BenchConfig {
     /// The config's first container, whose first output line is timed
     /// (`hello` in the default config; `None` if it has none).
     pub fn first_container(&self) -> Option<String> {
-        let toml = self
-            .config_toml
-            .as_deref()
-            .unwrap_or(atoll_common::config::BUILTIN_DEFAULT_TOML);
-        atoll_common::config::parse(toml.as_bytes(), "bench config")
+        atoll_common::config::parse(self.config_text().as_bytes(), "bench config")
             .ok()?
             .containers
             .first()
             .map(|c| c.name.clone())
+    }
+
+    /// The config each boot gets.
+    fn config_text(&self) -> &str {
+        self.config_toml
+            .as_deref()
+            .unwrap_or(atoll_common::config::BUILTIN_DEFAULT_TOML)
     }
 
     /// `base` stretched for `icount`.
