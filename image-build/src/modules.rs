@@ -45,6 +45,9 @@ pub const SLOT_MODULES: &[&str] = &[
     "button",
     "evdev",
     "softdog",
+    // SHA-256 with SSSE3/AVX/AVX2/SHA-NI, loaded for the CPU's features:
+    // dm-verity and the module signature checks hash with it.
+    "sha256_ssse3",
 ];
 
 /// Modules in the initramfs: only what stage 1 needs to reach the slot's
@@ -58,6 +61,10 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "squashfs",
     "dm_mod",
     "dm_verity",
+    // Loaded first where the CPU has SSSE3 (init's coldplug takes CPU
+    // feature drivers first): every later module's signature check, and
+    // dm-verity, hash with it instead of the generic SHA-256.
+    "sha256_ssse3",
 ];
 
 /// Index files copied from the kernel package next to the modules; depmod

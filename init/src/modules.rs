@@ -520,7 +520,9 @@ impl ModuleDb {
                     break;
                 }
             }
-            let next = if enough.is_some() {
+            let next = if let Some(i) = pending.iter().position(|(_, a)| is_cpu_modalias(a)) {
+                i
+            } else if enough.is_some() {
                 let costs = pending
                     .iter()
                     .map(|(m, _)| self.load_cost(kernel, m, &done));
@@ -573,6 +575,15 @@ impl ModuleDb {
 /// on its own bus is left to the full coldplug.
 pub fn is_network_modalias(alias: &str) -> bool {
     (alias.starts_with("pci:") && alias.contains("bc02")) || alias.starts_with("virtio:d00000001v")
+}
+
+/// Whether a modalias is a CPU's (`cpu:type:x86,…:feature:…`). Coldplug
+/// loads the drivers these match first, whatever their size: they are
+/// faster versions of what the kernel already has built in (SHA-256 with
+/// SSSE3/AVX2), and every module loaded after them has its signature
+/// hashed with them.
+pub fn is_cpu_modalias(alias: &str) -> bool {
+    alias.starts_with("cpu:")
 }
 
 /// Whether a modalias is QEMU's fw_cfg device (ACPI `QEMU0002`).
@@ -982,6 +993,7 @@ kernel/drivers/scsi/scsi_common.ko:
 kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko
 kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
 kernel/drivers/ata/ata_piix.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
+kernel/arch/x86/crypto/sha256-ssse3.ko:
 ";
 
     const ALIAS: &str = "\
@@ -993,6 +1005,7 @@ alias devname:mapper/control dm_mod
 alias char-major-10-236 dm_mod
 alias pci:v*d*sv*sd*bc01sc00i* missing_driver
 alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
+alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
 ";
 
     const BUILTIN: &str = "kernel/crypto/crc32c_generic.ko\nkernel/fs/binfmt_script.ko\n";
@@ -1268,6 +1281,81 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
             report.loaded
         );
         assert!(report.loaded.contains(&"virtio_pci".to_string()));
+    }
+
+    #[test]
+    fn coldplug_until_takes_cpu_feature_drivers_first() {
+        let tree = Tree::new("cpu-first");
+        let with_sse = db(&tree);
+        // Larger than the whole virtio stack, so only its kind puts it first.
+        tree.write(
+            "kernel/arch/x86/crypto/sha256-ssse3.ko",
+            &"x".repeat(900 * 1024),
+        );
+        for path in [
+            "kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio_ring.ko",
+            "kernel/drivers/virtio/virtio_pci.ko",
+            "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+            "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+            "kernel/drivers/block/virtio_blk.ko",
+        ] {
+            tree.write(path, &"x".repeat(40 * 1024));
+        }
+        device(
+            &tree,
+            "pci",
+            "0000:00:04.0",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        );
+        // A CPU with SSSE3 (feature 0x89) among others, as QEMU's `max`.
+        device(
+            &tree,
+            "cpu",
+            "cpu0",
+            "cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0001,0002,0089,009C,0125",
+        );
+        let disk = tree.0.join("class/block/vda3");
+        let k = FakeKernel {
+            hotplug: vec![
+                (
+                    "virtio_pci",
+                    tree.0.join("sys/bus/virtio/devices/virtio0"),
+                    "virtio:d00000002v00001AF4",
+                ),
+                ("virtio_blk", disk.clone(), "-"),
+            ],
+            ..FakeKernel::default()
+        };
+        let report = with_sse.coldplug_with(
+            &k,
+            &tree.0.join("sys/bus"),
+            Some(&mut || disk.exists()),
+            None,
+        );
+        assert_eq!(
+            report.loaded.first().map(String::as_str),
+            Some("sha256_ssse3")
+        );
+        assert_eq!(report.loaded.last().map(String::as_str), Some("virtio_blk"));
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+        // A CPU without SSSE3: nothing for it.
+        let tree = Tree::new("cpu-plain");
+        let plain = db(&tree);
+        device(
+            &tree,
+            "cpu",
+            "cpu0",
+            "cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0001,0002",
+        );
+        let report = plain.coldplug_with(
+            &FakeKernel::default(),
+            &tree.0.join("sys/bus"),
+            Some(&mut || false),
+            None,
+        );
+        assert!(report.loaded.is_empty(), "{:?}", report.loaded);
     }
 
     #[test]
