@@ -315,7 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "  qemu-img create -f qcow2 -F raw -b {} /tmp/atoll.qcow2",
                 raw.display()
             );
-            println!("  qemu-system-x86_64 -accel tcg -m 512 -nographic -drive file=/tmp/atoll.qcow2,if=virtio");
+            println!("  qemu-system-x86_64 -accel tcg -machine q35 -cpu max -m 512 -nographic -drive file=/tmp/atoll.qcow2,if=virtio");
             println!("  UEFI: add -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
             println!("        -drive if=pflash,format=raw,file=<a copy of /usr/share/OVMF/OVMF_VARS_4M.fd>");
         }

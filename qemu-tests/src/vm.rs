@@ -46,6 +46,19 @@ pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// QEMU's machine type: the PCIe one (ICH9, Q35). Its DSDT hands the
+/// kernel PCI interrupt routing (`_PRT`) as a ready table, where the older
+/// `pc` machine (i440fx) builds 128 entries in an AML loop, which cost 79 ms
+/// of guest time per PCI function with an interrupt under TCG
+/// (docs/BENCHMARKS.md).
+pub const MACHINE: &str = "q35";
+
+/// The CPU model: everything TCG can emulate (SSSE3, AVX2, RDRAND, …), as
+/// the x86-64 hosts Atoll runs on have. QEMU's default, `qemu64`, has
+/// neither SSSE3 nor RDRAND, so the kernel hashes with its generic SHA-256
+/// (module signatures, dm-verity) and seeds its entropy pool slowly.
+pub const CPU: &str = "max";
+
 /// Where console logs are kept: `$ATOLL_QEMU_LOGS`, or
 /// `target/qemu-tests/logs` in the workspace.
 pub fn log_dir() -> PathBuf {
@@ -680,7 +693,8 @@ impl VmBuilder {
     /// The QEMU command line.
     fn command(&self, p: &Paths, console: ConsoleTo) -> Command {
         let mut c = Command::new(QEMU);
-        c.args(["-name", &self.name, "-accel", "tcg", "-machine", "pc"]);
+        c.args(["-name", &self.name, "-accel", "tcg"]);
+        c.args(["-machine", MACHINE, "-cpu", CPU]);
         c.args(["-m", &self.memory_mib.to_string(), "-smp", "1"]);
         c.args(["-display", "none", "-nodefaults", "-no-user-config"]);
         if self.firmware == Firmware::Uefi {
