@@ -20,19 +20,24 @@ pub const REPO_PORT: u16 = 8080;
 /// report it.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// The first update report or refusal among an update request's
+/// responses: `Some(Ok(report))`, `Some(Err(message))`, or `None`.
+fn report_of(out: &[Response]) -> Option<Result<UpdateReport, String>> {
+    out.iter().find_map(|r| match r {
+        Response::Update(u) => Some(Ok((**u).clone())),
+        Response::Error { message } => Some(Err(message.clone())),
+        _ => None,
+    })
+}
+
 /// One update request; its report, or the host's refusal as an error.
 pub fn update(vm: &Vm, action: UpdateAction) -> Result<UpdateReport, VmError> {
     let out = vm.api(&Request::Update { action })?;
-    for r in &out {
-        match r {
-            Response::Update(u) => return Ok((**u).clone()),
-            Response::Error { message } => {
-                return Err(vm.fail(format!("update {action:?} refused: {message}")))
-            }
-            _ => {}
-        }
+    match report_of(&out) {
+        Some(Ok(report)) => Ok(report),
+        Some(Err(message)) => Err(vm.fail(format!("update {action:?} refused: {message}"))),
+        None => Err(vm.fail(format!("no update report for {action:?}: {out:?}"))),
     }
-    Err(vm.fail(format!("no update report for {action:?}: {out:?}")))
 }
 
 /// The agent's status.
@@ -104,14 +109,7 @@ impl StartedCheck {
             .join()
             .map_err(|_| vm.fail("the API check's thread panicked"))?
             .map_err(|e| vm.fail(format!("update check through the API: {}", error_chain(&e))))?;
-        for r in &out {
-            match r {
-                Response::Update(u) => return Ok(Ok((**u).clone())),
-                Response::Error { message } => return Ok(Err(message.clone())),
-                _ => {}
-            }
-        }
-        Err(vm.fail(format!("no report for the update check: {out:?}")))
+        report_of(&out).ok_or_else(|| vm.fail(format!("no report for the update check: {out:?}")))
     }
 
     /// Waits for the check's report; a refusal is an error.
