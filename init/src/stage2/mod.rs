@@ -330,10 +330,12 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     watch_signals(&tx);
     steps.done("event loop");
 
-    // 1. Base mounts and cgroup2.
+    // 1. Base mounts; cgroup2 meanwhile (its mount waits for an RCU grace
+    // period), awaited before the containers start.
     for e in mounts::mount_base() {
         log::error!("{}", error_chain(&e));
     }
+    let cgroup2 = tokio::task::spawn_blocking(mounts::mount_cgroup2);
     steps.done("mounts");
     let args = match BootArgs::from_proc() {
         Ok(Ok(a)) => a,
@@ -596,6 +598,14 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         if let Some(db) = db.clone() {
             let _ = tokio::task::spawn_blocking(move || load_modules(&db, CONTAINER_MODULES)).await;
         }
+    }
+    match cgroup2.await {
+        Ok(errors) => {
+            for e in errors {
+                log::error!("{}", error_chain(&e));
+            }
+        }
+        Err(e) => log::error!("mounting cgroup2: {e}"),
     }
     let (network_up, network_rx) = tokio::sync::watch::channel(false);
     let supervisor = std::rc::Rc::new(crate::containers::Supervisor::start(

@@ -90,8 +90,9 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-/// The base mounts, in order (parents first).
-pub const BASE: [MountSpec; 8] = [
+/// The base mounts, in order (parents first). cgroup2 is apart:
+/// [`CGROUP2`].
+pub const BASE: [MountSpec; 7] = [
     MountSpec {
         source: "proc",
         target: "/proc",
@@ -148,15 +149,20 @@ pub const BASE: [MountSpec; 8] = [
         data: Some("mode=1777"),
         older_kernels: None,
     },
-    MountSpec {
-        source: "cgroup2",
-        target: "/sys/fs/cgroup",
-        fs_type: "cgroup2",
-        flags: NOSUID_NODEV_NOEXEC,
-        data: Some(CGROUP2_OPTIONS),
-        older_kernels: Some("nsdelegate"),
-    },
 ];
+
+/// cgroup2 on /sys/fs/cgroup, mounted apart from [`BASE`] and off PID 1's
+/// main path ([`mount_cgroup2`]): with `favordynmods` the mount waits for an
+/// RCU grace period (5 ms of an idle CPU in a boot under TCG), and nothing
+/// needs the hierarchy before the containers start.
+pub const CGROUP2: MountSpec = MountSpec {
+    source: "cgroup2",
+    target: "/sys/fs/cgroup",
+    fs_type: "cgroup2",
+    flags: NOSUID_NODEV_NOEXEC,
+    data: Some(CGROUP2_OPTIONS),
+    older_kernels: Some("nsdelegate"),
+};
 
 /// cgroup2's options: `nsdelegate`, and `favordynmods` (Linux 6.0), which
 /// makes moving a process into a cgroup cheap (no RCU grace period per
@@ -183,9 +189,18 @@ pub struct MountError {
 
 /// Mounts what is missing of [`BASE`]; returns the failures (each is logged by the caller).
 pub fn mount_base() -> Vec<MountError> {
+    mount_missing(&BASE)
+}
+
+/// Mounts [`CGROUP2`] unless it is there; returns the failure, if any.
+pub fn mount_cgroup2() -> Vec<MountError> {
+    mount_missing(&[CGROUP2])
+}
+
+fn mount_missing(specs: &[MountSpec]) -> Vec<MountError> {
     let mounted = read_mountinfo();
     let mut errors = Vec::new();
-    for spec in missing(&mounted, &BASE) {
+    for spec in missing(&mounted, specs) {
         let _ = std::fs::create_dir_all(spec.target);
         let mount = |data: Option<&str>| {
             nix::mount::mount(
@@ -318,6 +333,8 @@ mod tests {
         let targets: Vec<&str> = missing(&m, &BASE).iter().map(|s| s.target).collect();
         assert_eq!(targets, vec!["/dev/pts", "/dev/shm", "/tmp"]);
         assert_eq!(missing(&[], &BASE).len(), BASE.len());
+        assert!(missing(&m, &[CGROUP2]).is_empty());
+        assert_eq!(missing(&[], &[CGROUP2]), [&CGROUP2]);
     }
 
     #[test]
