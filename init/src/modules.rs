@@ -1199,6 +1199,31 @@ alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
         );
     }
 
+    /// A virtio disk's PCI function in `tree`, and a kernel on which
+    /// virtio_pci makes its virtio device appear and virtio_blk its
+    /// partition (the returned path).
+    fn virtio_disk(tree: &Tree) -> (PathBuf, FakeKernel) {
+        device(
+            tree,
+            "pci",
+            "0000:00:04.0",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        );
+        let disk = tree.0.join("class/block/vda3");
+        let k = FakeKernel {
+            hotplug: vec![
+                (
+                    "virtio_pci",
+                    tree.0.join("sys/bus/virtio/devices/virtio0"),
+                    "virtio:d00000002v00001AF4",
+                ),
+                ("virtio_blk", disk.clone(), "-"),
+            ],
+            ..FakeKernel::default()
+        };
+        (disk, k)
+    }
+
     #[test]
     fn coldplug_until_takes_the_cheapest_way_to_the_disk() {
         let tree = Tree::new("until");
@@ -1225,24 +1250,7 @@ alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
             "0000:00:01.1",
             "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80",
         );
-        device(
-            &tree,
-            "pci",
-            "0000:00:04.0",
-            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
-        );
-        let disk = tree.0.join("class/block/vda3");
-        let k = FakeKernel {
-            hotplug: vec![
-                (
-                    "virtio_pci",
-                    tree.0.join("sys/bus/virtio/devices/virtio0"),
-                    "virtio:d00000002v00001AF4",
-                ),
-                ("virtio_blk", disk.clone(), "-"),
-            ],
-            ..FakeKernel::default()
-        };
+        let (disk, k) = virtio_disk(&tree);
         let mut checks = 0;
         let report = db.coldplug_with(
             &k,
@@ -1302,12 +1310,7 @@ alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
         ] {
             tree.write(path, &"x".repeat(40 * 1024));
         }
-        device(
-            &tree,
-            "pci",
-            "0000:00:04.0",
-            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
-        );
+        let (disk, k) = virtio_disk(&tree);
         // A CPU with SSSE3 (feature 0x89) among others, as QEMU's `max`.
         device(
             &tree,
@@ -1315,18 +1318,6 @@ alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
             "cpu0",
             "cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0001,0002,0089,009C,0125",
         );
-        let disk = tree.0.join("class/block/vda3");
-        let k = FakeKernel {
-            hotplug: vec![
-                (
-                    "virtio_pci",
-                    tree.0.join("sys/bus/virtio/devices/virtio0"),
-                    "virtio:d00000002v00001AF4",
-                ),
-                ("virtio_blk", disk.clone(), "-"),
-            ],
-            ..FakeKernel::default()
-        };
         let report = with_sse.coldplug_with(
             &k,
             &tree.0.join("sys/bus"),
