@@ -171,8 +171,24 @@ pub struct Supervisor {
     adhoc: std::cell::RefCell<BTreeMap<String, Adhoc>>,
     net: Rc<net::NetSlot>,
     network: watch::Receiver<bool>,
+    /// See [`HostReady::prepared`].
+    prepared: watch::Receiver<bool>,
     paths: Rc<Paths>,
 }
+
+/// What the containers wait for from the host.
+#[derive(Debug, Clone)]
+pub struct HostReady {
+    /// What every container and pod needs from the kernel: overlayfs's
+    /// module loaded (or failed to) and cgroup2 mounted.
+    pub prepared: watch::Receiver<bool>,
+    /// The host's network is configured: a container with a network, or
+    /// one whose image must be pulled, waits for it.
+    pub network: watch::Receiver<bool>,
+}
+
+/// How a container waiting for [`HostReady::prepared`] shows it.
+const PREPARED: &str = "the host's container support (overlayfs, cgroup2)";
 
 /// A container started by `atollctl run`.
 #[derive(Debug)]
@@ -226,8 +242,9 @@ impl Supervisor {
         paths: Paths,
         table: Table,
         modules: Option<Arc<crate::modules::ModuleDb>>,
-        network: watch::Receiver<bool>,
+        host: HostReady,
     ) -> Self {
+        let HostReady { prepared, network } = host;
         let (shutdown, _) = watch::channel(false);
         // The admin container, when enabled, is supervised as one more.
         let admin = admin_container(config);
@@ -283,7 +300,8 @@ impl Supervisor {
         let mut controls: BTreeMap<String, Vec<mpsc::UnboundedSender<Control>>> = BTreeMap::new();
         let mut done = Vec::new();
         for (index, c) in containers.iter().enumerate() {
-            let deps = deps_of(&c.depends_on);
+            let mut deps = deps_of(&c.depends_on);
+            deps.insert(0, (PREPARED.to_string(), prepared.clone()));
             let Some(up) = ups.get(&c.name).cloned() else {
                 continue;
             };
@@ -359,7 +377,8 @@ impl Supervisor {
                 targets: targets.clone(),
                 network: network.clone(),
             };
-            let deps = deps_of(&names);
+            let mut deps = deps_of(&names);
+            deps.insert(0, (PREPARED.to_string(), prepared.clone()));
             tokio::task::spawn_local(async move {
                 task.run(deps).await;
                 let _ = done_tx.send(());
@@ -376,6 +395,7 @@ impl Supervisor {
             adhoc: std::cell::RefCell::default(),
             net,
             network,
+            prepared,
             paths,
         }
     }
@@ -587,9 +607,10 @@ impl Supervisor {
         let (exit_tx, exit_rx) = oneshot::channel();
         let this = Rc::clone(self);
         let id = name.clone();
+        let prepared = vec![(PREPARED.to_string(), self.prepared.clone())];
         log::info!("container {name}: started by atollctl run");
         tokio::task::spawn_local(async move {
-            let code = task.run(Vec::new()).await;
+            let code = task.run(prepared).await;
             // Its writable layer goes with it (as docker run --rm).
             let dir = this.paths.containers.join(&id);
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;

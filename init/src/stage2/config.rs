@@ -187,7 +187,7 @@ pub async fn provision_config(
     machine_id: &str,
     report: &Arc<Mutex<ConfigReport>>,
     net_status: &Arc<Mutex<NetStatus>>,
-    nic_drivers: &mut Option<tokio::task::JoinHandle<Option<Arc<ModuleDb>>>>,
+    nic_drivers: &mut Option<tokio::sync::oneshot::Receiver<()>>,
     steps: &mut Steps,
 ) -> ConfigStep {
     let default_host = etc::default_hostname(machine_id);

@@ -38,6 +38,7 @@ pub mod status;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod watchdog;
+pub mod yielding;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -227,15 +228,21 @@ fn release_deferred(which: &dyn Fn(pcidefer::Class) -> bool) {
     }
 }
 
-/// What the boot needs before ready, in two parts: QEMU's fw_cfg (a
-/// config source; on a trial boot the watchdog first), announced through
-/// `config_drivers` so that the config step and the containers that need no
-/// network can go on, then the NICs (bound now: [`pcidefer`]) and their
-/// drivers, which the network step waits for. The rest loads after ready.
+/// The drivers before ready, one at a time in the order the boot needs
+/// them: QEMU's fw_cfg (a config source; on a trial boot the watchdog
+/// first), announced through `config_drivers` so that the config step can
+/// go on; then the NICs (bound now: [`pcidefer`]) and their drivers,
+/// announced through `nic_drivers` for the network step; then what the
+/// containers need ([`CONTAINER_MODULES`]), which the task's end announces.
+/// Module loads are CPU work in the kernel (a signature check, hashing,
+/// relocation): on one CPU, loads in parallel only share it, so the network
+/// gets its drivers first; with more CPUs the network step runs beside the
+/// containers' load. The rest loads after ready.
 fn coldplug_early(
     trial: bool,
     dog: SharedDog,
     config_drivers: tokio::sync::oneshot::Sender<Option<Arc<ModuleDb>>>,
+    nic_drivers: tokio::sync::oneshot::Sender<()>,
 ) -> Option<Arc<ModuleDb>> {
     let db = open_modules().map(Arc::new);
     if let Some(db) = &db {
@@ -254,6 +261,8 @@ fn coldplug_early(
     for (m, why) in &report.failed {
         log::warn!("module {m}: {why}");
     }
+    let _ = nic_drivers.send(());
+    load_modules(&db, CONTAINER_MODULES);
     Some(db)
 }
 
@@ -266,6 +275,7 @@ fn coldplug_all(trial: bool, dog: SharedDog) -> Option<Arc<ModuleDb>> {
     release_deferred(&|_| true);
     load_modules(&db, &["virtio_console"]);
     coldplug_rest(&db);
+    load_modules(&db, CONTAINER_MODULES);
     Some(db)
 }
 
@@ -389,10 +399,11 @@ async fn boot(start_ms: u64) -> ShutdownKind {
         tokio::task::spawn_local(feed_watchdog(dog.clone(), args.slot));
     }
     let (config_drivers_tx, config_drivers) = tokio::sync::oneshot::channel();
+    let (nic_drivers_tx, nic_drivers_rx) = tokio::sync::oneshot::channel();
     let mut modules_task = {
         let d = dog.clone();
         Some(tokio::task::spawn_blocking(move || {
-            coldplug_early(trial, d, config_drivers_tx)
+            coldplug_early(trial, d, config_drivers_tx, nic_drivers_tx)
         }))
     };
 
@@ -568,14 +579,17 @@ async fn boot(start_ms: u64) -> ShutdownKind {
 
     // 7. The drivers, then the config and the network.
     // The config sources' drivers; the NICs' may still be loading.
-    let (db, mut nic_drivers) = match (modules_early.take(), modules_task.take()) {
-        (Some(db), _) => (db, None),
+    // The task goes on with the containers' drivers, which the containers
+    // wait for (`prepared` below).
+    let (db, mut nic_drivers, container_drivers) = match (modules_early.take(), modules_task.take())
+    {
+        (Some(db), _) => (db, None, None),
         (None, Some(task)) => match config_drivers.await {
-            Ok(db) => (db, Some(task)),
+            Ok(db) => (db, Some(nic_drivers_rx), Some(task)),
             // The coldplug died before fw_cfg: what it left is all there is.
-            Err(_) => (join_modules(task).await, None),
+            Err(_) => (join_modules(task).await, None, None),
         },
-        (None, None) => (None, None),
+        (None, None) => (None, None, None),
     };
     steps.done("modules");
     let step = config::provision_config(
@@ -591,34 +605,40 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     lock(&status).hostname = step.hostname.clone();
 
     // 7b. The config's containers, supervised from here on: those with no
-    // network and a local image start now, the rest once the network is
-    // configured.
-    let workloads = !step.config.containers.is_empty() || !step.config.pods.is_empty();
-    if workloads {
-        if let Some(db) = db.clone() {
-            let _ = tokio::task::spawn_blocking(move || load_modules(&db, CONTAINER_MODULES)).await;
+    // network and a local image start once overlayfs's module is loaded
+    // (after the NICs') and cgroup2 is mounted, the rest once the network
+    // is configured too.
+    let (prepared_tx, prepared) = tokio::sync::watch::channel(false);
+    tokio::task::spawn_local(async move {
+        if let Some(task) = container_drivers {
+            join_modules(task).await;
         }
-    }
-    match cgroup2.await {
-        Ok(errors) => {
-            for e in errors {
-                log::error!("{}", error_chain(&e));
+        match cgroup2.await {
+            Ok(errors) => {
+                for e in errors {
+                    log::error!("{}", error_chain(&e));
+                }
             }
+            Err(e) => log::error!("mounting cgroup2: {e}"),
         }
-        Err(e) => log::error!("mounting cgroup2: {e}"),
-    }
-    let (network_up, network_rx) = tokio::sync::watch::channel(false);
+        let _ = prepared_tx.send(true);
+    });
+    let (network_up, network) = tokio::sync::watch::channel(false);
     let supervisor = std::rc::Rc::new(crate::containers::Supervisor::start(
         &step.config,
         crate::containers::Paths::default(),
         container_table,
         db.clone(),
-        network_rx,
+        crate::containers::HostReady {
+            prepared: prepared.clone(),
+            network,
+        },
     ));
     tokio::task::spawn_local(supervisor.clone().serve_actions(actions_rx));
     steps.done("containers started");
-    if let Some(task) = nic_drivers.take() {
-        join_modules(task).await;
+    if let Some(done) = nic_drivers.take() {
+        // An error is a coldplug that died: nothing more to wait for.
+        let _ = done.await;
     }
     steps.done("NIC drivers");
     let prov = config::provision_network(step, &net_status, &mut steps).await;
@@ -689,16 +709,19 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             w.disarm();
         }
     }
+    // Their drivers give way to the containers starting meanwhile
+    // ([`yielding`]).
     if let Some(db) = db.clone() {
         let d = db.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let api_port = move || {
             release_deferred(&|_| true);
             load_modules(&d, &["virtio_console"])
-        })
-        .await;
+        };
+        yielding::run("API port driver", yielding::AFTER_READY, api_port).await;
         start_virtio_port(&ctx).await;
         steps.done("after ready: API port");
-        let _ = tokio::task::spawn_blocking(move || coldplug_rest(&db)).await;
+        let rest = move || coldplug_rest(&db);
+        yielding::run("coldplug", yielding::AFTER_READY, rest).await;
         steps.done("after ready: coldplug");
     }
     if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
