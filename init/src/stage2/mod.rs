@@ -262,7 +262,11 @@ fn coldplug_early(
         log::warn!("module {m}: {why}");
     }
     let _ = nic_drivers.send(());
-    load_modules(&db, CONTAINER_MODULES);
+    // The network step runs meanwhile and goes first; the work after ready
+    // waits for this load.
+    yielding::with_nice(yielding::BESIDE_READY, || {
+        load_modules(&db, CONTAINER_MODULES)
+    });
     Some(db)
 }
 
@@ -312,6 +316,9 @@ fn boot_disk(sys: &SysBlock, stage1: Option<&Stage1Times>, slot: Option<Slot>) -
     }
     sys.disk_with(layout::LABEL_DATA)
 }
+
+/// How long the work after ready waits for the containers' drivers.
+const PREPARED_WAIT: Duration = Duration::from_secs(10);
 
 /// What containers need from the kernel: overlayfs for their root.
 const CONTAINER_MODULES: &[&str] = &["overlay"];
@@ -709,8 +716,18 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             w.disarm();
         }
     }
-    // Their drivers give way to the containers starting meanwhile
-    // ([`yielding`]).
+    // First overlay.ko, still loading at the lowest priority (from the
+    // network step): the work below would starve it, and the containers
+    // wait for it. Then the drivers, giving way to the containers starting
+    // meanwhile ([`yielding`]).
+    let mut prepared_now = prepared.clone();
+    let wait = prepared_now.wait_for(|p| *p);
+    if tokio::time::timeout(PREPARED_WAIT, wait).await.is_err() {
+        log::warn!(
+            "overlay.ko and cgroup2 not ready {} s after ready; loading the remaining drivers anyway",
+            PREPARED_WAIT.as_secs()
+        );
+    }
     if let Some(db) = db.clone() {
         let d = db.clone();
         let api_port = move || {

@@ -8,7 +8,10 @@
 //! the containers' start would otherwise share it with them; with more
 //! CPUs, or an idle one, nothing changes.
 //!
-//! The priority is the new thread's own (Linux's `setpriority(PRIO_PROCESS,
+//! Before ready, overlay.ko loads the same way on the drivers' thread
+//! ([`with_nice`], [`BESIDE_READY`]) while the network comes up.
+//!
+//! The priority is the thread's own (Linux's `setpriority(PRIO_PROCESS,
 //! tid)`), not the process's.
 
 use std::io;
@@ -19,6 +22,28 @@ use tokio::sync::oneshot;
 /// (0), not starved by them (a nice 10 thread gets about a tenth of a CPU
 /// that a nice 0 one keeps busy).
 pub const AFTER_READY: i32 = 10;
+
+/// The nice value of overlay.ko's load, which runs while the network
+/// comes up on the way to ready: it gets the CPU when that path waits.
+pub const BESIDE_READY: i32 = 19;
+
+/// Runs `f` on the calling thread at nice `nice`, then gives the thread
+/// back its priority (a pool thread goes on to other work). Setting or
+/// restoring a failed priority is logged; `f` runs anyway.
+pub fn with_nice<T>(nice: i32, f: impl FnOnce() -> T) -> T {
+    let tid = rustix::thread::gettid();
+    let before = rustix::process::getpriority_process(Some(tid));
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+        log::warn!("cannot set a thread's CPU priority to nice {nice}: {e}");
+    }
+    let out = f();
+    if let Ok(before) = before {
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), before) {
+            log::warn!("cannot restore a thread's CPU priority to nice {before}: {e}");
+        }
+    }
+    out
+}
 
 /// Runs `f` on a new thread named `name` at nice `nice`; its result
 /// arrives on the receiver. If the priority cannot be set, `f` runs at the
@@ -75,6 +100,21 @@ mod tests {
         let want = AFTER_READY.max(before);
         assert_eq!(rx.blocking_recv().unwrap(), want);
         assert_eq!(own_nice(), before);
+    }
+
+    #[test]
+    fn with_nice_runs_at_the_value_and_restores_it() {
+        std::thread::spawn(|| {
+            let before = own_nice();
+            let inside = with_nice(BESIDE_READY, own_nice);
+            assert_eq!(inside, BESIDE_READY.max(before));
+            // Lowering a priority back takes CAP_SYS_NICE: root's tests check it.
+            if rustix::process::geteuid().is_root() {
+                assert_eq!(own_nice(), before);
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test]
