@@ -734,11 +734,11 @@ async fn boot(start_ms: u64) -> ShutdownKind {
             release_deferred(&|_| true);
             load_modules(&d, &["virtio_console"])
         };
-        yielding::run("API port driver", yielding::AFTER_READY, api_port).await;
+        yielding::run(yielding::AFTER_READY, api_port).await;
         start_virtio_port(&ctx).await;
         steps.done("after ready: API port");
         let rest = move || coldplug_rest(&db);
-        yielding::run("coldplug", yielding::AFTER_READY, rest).await;
+        yielding::run(yielding::AFTER_READY, rest).await;
         steps.done("after ready: coldplug");
     }
     if let Err(e) = mounts::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
