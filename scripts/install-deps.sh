@@ -10,11 +10,10 @@ packages=(
     ovmf              # UEFI firmware for QEMU
     grub-pc-bin       # GRUB i386-pc images (BIOS boot)
     grub-efi-amd64-bin  # GRUB x86_64-efi images (UEFI boot)
-    squashfs-tools    # mksquashfs: the read-only slot file system
     cryptsetup-bin    # veritysetup: the slot's dm-verity hash tree
     dosfstools        # mkfs.vfat: the ESP
     mtools            # mcopy: files into the ESP without mounting
-    e2fsprogs         # mke2fs: the DATA file system (and shipped in the image)
+    e2fsprogs         # mke2fs, debugfs, e2fsck: the slot and DATA file systems (mke2fs ships in the image)
     kmod              # depmod: module dependency and alias tables
     cpio              # inspecting initramfs archives in tests
     genisoimage       # iso9660 NoCloud (CIDATA) seed volumes in the provisioning tests

@@ -17,9 +17,7 @@ use atoll_common::layout::{self, Slot};
 pub const MODULES: &[&str] = &[
     "part_gpt",
     "fat",
-    "squash4",
-    "gzio",
-    "xzio",
+    "ext2",
     "loadenv",
     "regexp",
     "search",

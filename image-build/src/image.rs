@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use atoll_common::layout;
-use sha2::{Digest, Sha256};
 
 use crate::data::{self, DataError};
 use crate::disk::{self, Disk, DiskError, DiskIds};
@@ -123,13 +122,14 @@ pub struct BuildInfo {
     pub kernel_version: String,
     /// Kernel release (`uname -r`).
     pub kernel_release: String,
-    /// sha256 of the slot image (squashfs + verity) written to ROOT-A and ROOT-B.
+    /// sha256 of the slot image (ext4 + verity) written to ROOT-A and ROOT-B.
     pub slot_sha256: String,
     pub slot_size: u64,
-    pub squashfs_size: u64,
+    /// Bytes of the slot's ext4 file system (the verity superblock follows).
+    pub fs_size: u64,
     pub verity_root_hash: String,
     pub verity_salt: String,
-    /// Byte offset of the verity superblock in the slot (padded squashfs size).
+    /// Byte offset of the verity superblock in the slot (= `fs_size`).
     pub verity_hash_offset: u64,
     /// Bytes `[start, end)` of the slot that hold init's first data block
     /// (read by the kernel through dm-verity, never by GRUB).
@@ -376,25 +376,29 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
     // The unpacked kernel is no longer needed (90 MB of modules).
     std::fs::remove_dir_all(&kernel.tree).map_err(io(&kernel.tree))?;
 
-    // 5. Slot image: squashfs + dm-verity.
+    // 5. Slot image: ext4 + dm-verity.
     let slot_img = work.join("slot.img");
-    let (squashfs_size, verity, init_range) = p.step("slot image", || -> Result<_, Error> {
-        let sq = slot::mksquashfs(&rootfs, &work.join("squashfs.sort"), &slot_img)?;
-        let image = std::fs::read(&slot_img).map_err(io(&slot_img))?;
+    let (fs_size, verity, init_range) = p.step("slot image", || -> Result<_, Error> {
+        let digest = slot::tree_digest(&rootfs)?;
+        let fs = slot::mkext4(
+            &rootfs,
+            &slot_img,
+            &ids::uuid("slot fs uuid", &digest),
+            &ids::uuid("slot fs hash seed", &digest),
+        )?;
         let init_bytes = std::fs::read(&opts.init).map_err(io(&opts.init))?;
-        let range = slot::check_init_first(&image, &init_bytes)?;
-        let sha: [u8; 32] = Sha256::digest(&image).into();
-        drop(image);
+        let range = slot::init_block(&slot_img, &init_bytes)?;
+        let sha = slot::sha256_file(&slot_img)?;
         let v = slot::append_verity(&slot_img, &sha)?;
         let total = std::fs::metadata(&slot_img).map_err(io(&slot_img))?.len();
         slot::check_fits(total)?;
         let summary = format!(
-            "squashfs {}, with verity {}, root hash {}",
-            size(sq),
+            "ext4 {}, with verity {}, root hash {}",
+            size(fs),
             size(total),
             v.root_hash
         );
-        Ok(((sq, v, range), summary))
+        Ok(((fs, v, range), summary))
     })?;
     let slot_sha = slot::sha256_file(&slot_img)?;
     let slot_size = std::fs::metadata(&slot_img).map_err(io(&slot_img))?.len();
@@ -500,7 +504,7 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
         kernel_release: kernel.release.clone(),
         slot_sha256: hex::encode(slot_sha),
         slot_size,
-        squashfs_size,
+        fs_size,
         verity_root_hash: verity.root_hash.clone(),
         verity_salt: verity.salt.clone(),
         verity_hash_offset: verity.hash_offset,

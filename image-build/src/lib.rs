@@ -10,7 +10,7 @@
 //!   indexed with depmod;
 //! - [`libs`]: the shared libraries of the shipped binaries (`ldd`);
 //! - [`initramfs`]: a deterministic cpio newc writer, gzip;
-//! - [`slot`]: the root tree, its squashfs and dm-verity hash tree;
+//! - [`slot`]: the root tree, its ext4 image and dm-verity hash tree;
 //! - [`grubcfg`], [`esp`], [`bios`]: GRUB's config, images, the FAT ESP and
 //!   the BIOS boot sector patching;
 //! - [`data`]: the empty ext4 DATA file system;

@@ -146,7 +146,7 @@ enum Cmd {
         /// Release version [default: build.json's version].
         #[arg(long)]
         version: Option<Version>,
-        /// The slot image (squashfs + dm-verity).
+        /// The slot image (ext4 + dm-verity).
         #[arg(long, default_value = "target/atoll/work/slot.img")]
         slot: PathBuf,
         /// build.json of the build that made the slot.

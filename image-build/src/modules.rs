@@ -58,7 +58,6 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "virtio_scsi",
     "sd_mod",
     "ata_piix",
-    "squashfs",
     "dm_mod",
     "dm_verity",
     // Loaded first where the CPU has SSSE3 (init's coldplug takes CPU

@@ -15,17 +15,12 @@
 //! The payload is the slot image compressed with zstd, level 3, as a
 //! sequence of independent frames of [`FRAME_SLOT_BYTES`] (4 MiB) of slot
 //! each, so that a host's install resumes an interrupted download at a
-//! frame boundary (the overhead is measured there). The slot is an xz
-//! squashfs, so compression gains almost nothing: measured when the slot
-//! was 22,458,368 bytes, zstd -3 left 22,361,968 bytes (0.4% less, in
-//! 0.24 s), zstd -19 22,287,742 (0.8%, in 11 s), xz -6 22,285,512 (17 s),
-//! gzip -9 22,307,469; today's payload is 32.3 MB (docs/BENCHMARKS.md,
-//! "Updates"), still under the 40 MB budget. Level 3 keeps a release fast
-//! for a fraction of a percent more than the best. zstd
-//! stays because it costs the host nothing (it decodes at hundreds of MB/s
-//! while streaming, and its frame checksum is one more check) and it pays
-//! off as soon as the slot holds less compressed data (an erofs or
-//! uncompressed root).
+//! frame boundary (the overhead is measured there). The slot is an
+//! uncompressed ext4, so zstd does the work: the 69,763,072-byte slot of
+//! 2026-12-07 gives a 33,553,379-byte payload (docs/updates.md), under the
+//! 40 MB budget. Level 3 keeps a release fast; zstd costs the host nothing
+//! (it decodes at hundreds of MB/s while streaming, and its frame checksum
+//! is one more check).
 //!
 //! Files are written in an order that keeps the repository consistent at
 //! every moment: the target, then targets and snapshot, and last

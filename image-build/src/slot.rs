@@ -1,17 +1,20 @@
 //! A root slot: the read-only root tree (docs/boot.md "Slot content"), its
-//! squashfs image, and the dm-verity hash tree appended to it in the same
-//! file:
+//! ext4 image, and the dm-verity hash tree appended to it in the same file:
 //!
 //! ```text
-//! 0                       round_up(squashfs, 4096)
-//! | squashfs, zero-padded | verity superblock + hash tree |
+//! 0                        blocks × 4096
+//! | ext4, no journal       | verity superblock + hash tree |
 //! ```
 //!
-//! `/usr/lib/atoll/init` is sorted first in the squashfs so that its data
-//! starts right after the 96-byte superblock: the kernel reads those bytes
-//! through dm-verity, GRUB never does. qemu-tests flip a byte there
-//! ([`TAMPER_OFFSET`]) to see verity refuse it; [`check_init_first`] keeps
-//! that true for every build.
+//! ext4 as in Flatcar's and Bottlerocket's verified roots: the kernel has
+//! it built in (squashfs would be one more module to load, about 17 ms of
+//! every boot under TCG, docs/BENCHMARKS.md), GRUB reads it, and files lie
+//! in whole 4 KiB blocks, so a file that did not change between releases
+//! keeps its blocks' bytes. mke2fs copies owners and time stamps from the
+//! tree, so the build sets them all afterwards with debugfs: owner root,
+//! every time stamp [`data::FAKE_TIME`], and the image is the same bytes for
+//! the same tree whoever builds it. qemu-tests corrupt a byte of init's
+//! first block (`init_data_start` in build.json, from [`init_block`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,22 +24,19 @@ use atoll_common::layout::{self, VERITY_BLOCK_SIZE};
 use atoll_updater::metadata::SHIPPED_ROOT;
 use sha2::{Digest, Sha256};
 
+use crate::data;
 use crate::ids;
 use crate::ociimage::{self, OciImageError};
 use crate::tool::{self, ToolError};
-use crate::tree::{Kind, Tree, TreeError};
+use crate::tree::{Entry, Kind, Tree, TreeError};
 
-/// Size of the squashfs superblock; the first data block follows it.
-pub const SUPERBLOCK_SIZE: u64 = 96;
-/// A byte of the slot that lies in init's data, read by the kernel (through
-/// dm-verity) but never by GRUB. qemu-tests corrupt it.
-pub const TAMPER_OFFSET: u64 = 4000;
-
-const SQUASHFS_MAGIC: u32 = 0x7371_7368;
-const SQUASHFS_GZIP: u16 = 1;
-const SQUASHFS_COMP_OPT: u16 = 0x0400;
-/// Largest priority a mksquashfs sort file takes.
-const SORT_FIRST: i32 = 32767;
+/// The slot's file system blocks (= the verity data blocks).
+const FS_BLOCK: u64 = VERITY_BLOCK_SIZE;
+/// Bytes per inode in the slot (ext4's usual size, room for nanoseconds).
+const INODE_SIZE: u64 = 256;
+/// Room on top of the tree's own blocks: the inode table, bitmaps, group
+/// descriptors, extent blocks and directories that outgrow a block.
+const FS_SLACK: u64 = 4 * layout::MIB;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -52,12 +52,12 @@ pub enum SlotError {
     Tool(#[from] ToolError),
     #[error("preloaded image: {0}")]
     Image(#[from] OciImageError),
-    #[error("{path}: not a gzip squashfs image ({reason})")]
-    Squashfs { path: PathBuf, reason: String },
-    #[error("the slot's first data block is not the start of {init}: {reason}; the -sort file no longer puts init first")]
-    InitNotFirst { init: String, reason: String },
-    #[error("init's first data block ends at byte {end} of the slot, before byte {TAMPER_OFFSET} that qemu-tests corrupt")]
-    InitBlockShort { end: u64 },
+    #[error("{path} cannot go into the slot's file system: debugfs would misread its name")]
+    OddPath { path: String },
+    #[error("debugfs could not set owners and time stamps in {image}: {errors}")]
+    Debugfs { image: PathBuf, errors: String },
+    #[error("{init}'s first block in the slot: {reason}")]
+    InitBlock { init: String, reason: String },
     #[error("veritysetup printed no root hash: {output}")]
     NoRootHash { output: String },
     #[error("the slot image is {size} bytes, more than the {max}-byte root partition")]
@@ -172,114 +172,166 @@ pub fn finish_rootfs(
     Ok(build_id)
 }
 
-/// Runs mksquashfs over `tree` into `out` (gzip, all files owned by root,
-/// every time stamp 0, init first). Returns the image size.
-pub fn mksquashfs(tree: &Tree, sort_file: &Path, out: &Path) -> Result<u64, SlotError> {
-    let init = layout::SLOT_INIT.trim_start_matches('/');
-    std::fs::write(sort_file, format!("{init} {SORT_FIRST}\n")).map_err(io(sort_file))?;
+/// Size of the ext4 file system for the entries of a tree: every file,
+/// directory and long symlink in whole blocks, an inode each (and a few
+/// spare), plus [`FS_SLACK`], rounded up to a MiB.
+pub fn fs_size(entries: &[Entry]) -> u64 {
+    let blocks: u64 = entries
+        .iter()
+        .map(|e| match &e.kind {
+            Kind::File { size, .. } => size.div_ceil(FS_BLOCK),
+            Kind::Dir { .. } => 1,
+            // Targets under 60 bytes live in the inode.
+            Kind::Symlink { target } => u64::from(target.len() >= 60),
+        })
+        .sum();
+    let inodes = inode_count(entries);
+    layout::round_up(
+        blocks * FS_BLOCK + inodes * INODE_SIZE + FS_SLACK,
+        layout::MIB,
+    )
+}
+
+/// Inodes for the slot: one per entry, the root, ext4's reserved ones and
+/// lost+found, rounded up.
+fn inode_count(entries: &[Entry]) -> u64 {
+    layout::round_up(entries.len() as u64 + 64, 64)
+}
+
+/// Makes the slot's ext4 file system of `tree` in `out` (4 KiB blocks, no
+/// journal, nothing reserved for growth: it is never written after the
+/// build), sets every owner to root and every time stamp to
+/// [`data::FAKE_TIME`], and checks it with `e2fsck -fn`. Returns its size.
+pub fn mkext4(
+    tree: &Tree,
+    out: &Path,
+    uuid: &uuid::Uuid,
+    hash_seed: &uuid::Uuid,
+) -> Result<u64, SlotError> {
+    let entries = tree.walk()?;
+    let script = owner_and_times_script(&entries)?;
+    let size = fs_size(&entries);
     if out.exists() {
         std::fs::remove_file(out).map_err(io(out))?;
     }
+    std::fs::File::create(out)
+        .and_then(|f| f.set_len(size))
+        .map_err(io(out))?;
     tool::run(
-        Command::new("mksquashfs")
+        Command::new("mke2fs")
+            .env("E2FSPROGS_FAKE_TIME", data::FAKE_TIME.to_string())
+            .env_remove("MKE2FS_CONFIG")
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
+            .args(["-I", &INODE_SIZE.to_string()])
+            .args(["-N", &inode_count(&entries).to_string()])
+            // Read-only: no journal, no room to grow. The rest are the
+            // defaults GRUB 2.06 reads (extents, flex_bg, 64bit, checksums).
+            .args(["-O", "^has_journal,^resize_inode"])
+            .arg("-U")
+            .arg(uuid.to_string())
+            .arg("-E")
+            .arg(format!(
+                "hash_seed={hash_seed},root_owner=0:0,nodiscard,no_copy_xattrs"
+            ))
+            .arg("-d")
             .arg(tree.root())
-            .arg(out)
-            .args(["-comp", "gzip", "-noappend", "-all-root", "-no-xattrs"])
-            .args([
-                "-mkfs-time",
-                "0",
-                "-all-time",
-                "0",
-                "-no-progress",
-                "-quiet",
-            ])
-            .arg("-sort")
-            .arg(sort_file),
+            .arg(out),
     )?;
-    Ok(std::fs::metadata(out).map_err(io(out))?.len())
-}
-
-/// The fields of a squashfs superblock this build looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Superblock {
-    pub block_size: u32,
-    pub compressor: u16,
-    pub flags: u16,
-    pub bytes_used: u64,
-}
-
-pub fn parse_superblock(b: &[u8]) -> Result<Superblock, String> {
-    if b.len() < SUPERBLOCK_SIZE as usize {
-        return Err("shorter than a superblock".into());
+    let script_path = out.with_extension("debugfs");
+    std::fs::write(&script_path, script).map_err(io(&script_path))?;
+    let result = tool::run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", data::FAKE_TIME.to_string())
+            .arg("-w")
+            .arg("-f")
+            .arg(&script_path)
+            .arg(out),
+    );
+    let _ = std::fs::remove_file(&script_path);
+    let output = result?;
+    // debugfs exits 0 whatever its commands did; its errors go to stderr
+    // after the version banner.
+    let errors: Vec<String> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .map(str::to_string)
+        .collect();
+    if !errors.is_empty() {
+        return Err(SlotError::Debugfs {
+            image: out.to_path_buf(),
+            errors: errors.join("; "),
+        });
     }
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    if u32_at(0) != SQUASHFS_MAGIC {
-        return Err("bad magic".into());
-    }
-    let mut used = [0u8; 8];
-    used.copy_from_slice(&b[40..48]);
-    Ok(Superblock {
-        block_size: u32_at(12),
-        compressor: u16_at(20),
-        flags: u16_at(24),
-        bytes_used: u64::from_le_bytes(used),
-    })
+    tool::run(Command::new("e2fsck").args(["-f", "-n"]).arg(out))?;
+    Ok(size)
 }
 
-/// Checks that the data right after the superblock is init's first block,
-/// and returns the byte range `[96, end)` it occupies in the image.
-pub fn check_init_first(image: &[u8], init: &[u8]) -> Result<(u64, u64), SlotError> {
-    let fail = |reason: String| SlotError::InitNotFirst {
+/// debugfs commands that give every entry (and the root) owner 0:0 and
+/// [`data::FAKE_TIME`] as its access, change and modification time.
+fn owner_and_times_script(entries: &[Entry]) -> Result<String, SlotError> {
+    let t = data::FAKE_TIME;
+    let mut script = String::new();
+    let paths = std::iter::once("").chain(entries.iter().map(|e| e.path.as_str()));
+    for path in paths {
+        if path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '\''))
+        {
+            return Err(SlotError::OddPath {
+                path: path.to_string(),
+            });
+        }
+        // Times as `@seconds`: debugfs reads bare digits as YYYYMMDD….
+        for (field, value) in [
+            ("uid", "0".to_string()),
+            ("gid", "0".to_string()),
+            ("atime", format!("@{t}")),
+            ("ctime", format!("@{t}")),
+            ("mtime", format!("@{t}")),
+        ] {
+            script.push_str(&format!("sif /{path} {field} {value}\n"));
+        }
+    }
+    Ok(script)
+}
+
+/// Where init's first 4 KiB block lies in the ext4 `image`, checked against
+/// init's bytes: `[start, end)` in bytes. The kernel reads it through
+/// dm-verity as soon as stage 1 checks init's build id; GRUB never does.
+pub fn init_block(image: &Path, init: &[u8]) -> Result<(u64, u64), SlotError> {
+    let fail = |reason: String| SlotError::InitBlock {
         init: layout::SLOT_INIT.to_string(),
         reason,
     };
-    let sb = parse_superblock(image).map_err(fail)?;
-    if sb.compressor != SQUASHFS_GZIP || sb.flags & SQUASHFS_COMP_OPT != 0 {
+    let out = tool::stdout(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("bmap {} 0", layout::SLOT_INIT))
+            .arg(image),
+    )?;
+    let block: u64 = out
+        .trim()
+        .parse()
+        .map_err(|_| fail(format!("debugfs bmap printed {:?}", out.trim())))?;
+    if block == 0 {
+        return Err(fail("debugfs finds no block 0 (a hole?)".into()));
+    }
+    let start = block * FS_BLOCK;
+    let want = init
+        .get(..FS_BLOCK as usize)
+        .ok_or_else(|| fail(format!("init is only {} bytes", init.len())))?;
+    let mut f = std::fs::File::open(image).map_err(io(image))?;
+    let mut got = vec![0u8; FS_BLOCK as usize];
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(start))
+        .and_then(|_| f.read_exact(&mut got))
+        .map_err(io(image))?;
+    if got != want {
         return Err(fail(format!(
-            "compressor {} with flags {:#x}, expected plain gzip",
-            sb.compressor, sb.flags
+            "block {block} does not hold init's first bytes"
         )));
     }
-    let block = sb.block_size as usize;
-    if init.len() < block {
-        return Err(fail(format!(
-            "init is {} bytes, smaller than one {block}-byte block, so it sits in a fragment",
-            init.len()
-        )));
-    }
-    let start = SUPERBLOCK_SIZE as usize;
-    let data = &image[start.min(image.len())..];
-    let want = &init[..block];
-    let used = if data.first() == Some(&0x78) {
-        // A zlib stream (gzip compressor): inflate one block.
-        let mut z = flate2::Decompress::new(true);
-        let mut outbuf = vec![0u8; block];
-        let status = z
-            .decompress(data, &mut outbuf, flate2::FlushDecompress::Finish)
-            .map_err(|e| fail(format!("does not inflate: {e}")))?;
-        if status != flate2::Status::StreamEnd || z.total_out() as usize != block {
-            return Err(fail(format!(
-                "inflates to {} bytes, not one {block}-byte block",
-                z.total_out()
-            )));
-        }
-        if outbuf != want {
-            return Err(fail("inflates to other bytes".into()));
-        }
-        z.total_in()
-    } else {
-        // An uncompressed block.
-        if data.get(..block) != Some(want) {
-            return Err(fail("holds other bytes".into()));
-        }
-        block as u64
-    };
-    let end = SUPERBLOCK_SIZE + used;
-    if end <= TAMPER_OFFSET {
-        return Err(SlotError::InitBlockShort { end });
-    }
-    Ok((SUPERBLOCK_SIZE, end))
+    Ok((start, start + FS_BLOCK))
 }
 
 /// What `veritysetup format` made.
@@ -288,15 +340,15 @@ pub struct Verity {
     pub root_hash: String,
     pub salt: String,
     pub uuid: String,
-    /// Byte offset of the verity superblock (= the padded squashfs size).
+    /// Byte offset of the verity superblock (= the file system's size).
     pub hash_offset: u64,
     pub data_blocks: u64,
 }
 
-/// Pads the squashfs in `slot` to a multiple of 4096 bytes and appends the
-/// dm-verity superblock and hash tree, salt and UUID derived from the
-/// squashfs digest. Returns the verity parameters.
-pub fn append_verity(slot: &Path, squashfs_sha256: &[u8; 32]) -> Result<Verity, SlotError> {
+/// Pads the file system in `slot` to a multiple of 4096 bytes (ext4 already
+/// is) and appends the dm-verity superblock and hash tree, salt and UUID
+/// derived from the file system's digest. Returns the verity parameters.
+pub fn append_verity(slot: &Path, fs_sha256: &[u8; 32]) -> Result<Verity, SlotError> {
     let len = std::fs::metadata(slot).map_err(io(slot))?.len();
     let padded = layout::round_up(len, VERITY_BLOCK_SIZE);
     let f = std::fs::OpenOptions::new()
@@ -305,8 +357,8 @@ pub fn append_verity(slot: &Path, squashfs_sha256: &[u8; 32]) -> Result<Verity, 
         .map_err(io(slot))?;
     f.set_len(padded).map_err(io(slot))?;
     drop(f);
-    let salt = hex::encode(squashfs_sha256);
-    let uuid = ids::uuid("verity uuid", squashfs_sha256).to_string();
+    let salt = hex::encode(fs_sha256);
+    let uuid = ids::uuid("verity uuid", fs_sha256).to_string();
     let data_blocks = padded / VERITY_BLOCK_SIZE;
     let out = tool::stdout(
         Command::new("veritysetup")
@@ -424,42 +476,119 @@ mod tests {
         v
     }
 
-    #[test]
-    fn sorted_squashfs_has_init_first_and_verity_verifies() {
-        let dir = scratch("slot");
-        let t = Tree::create(&dir.join("root")).unwrap();
-        // Names that sort before usr/ and would come first without -sort.
+    fn sample_tree(root: &Path) -> Tree {
+        let t = Tree::create(root).unwrap();
         t.file("aaa/big", &vec![7u8; 300_000], 0o644).unwrap();
         t.file("boot/vmlinuz", &fake_init()[..200_000], 0o644)
             .unwrap();
-        let init = fake_init();
-        t.file(layout::SLOT_INIT, &init, 0o755).unwrap();
+        t.file(layout::SLOT_INIT, &fake_init(), 0o755).unwrap();
+        t.symlink("etc/short", "../usr/lib/os-release").unwrap();
+        t.symlink("etc/long", &"x/".repeat(40)).unwrap();
         t.normalize_modes().unwrap();
+        t
+    }
+
+    #[test]
+    fn ext4_slot_is_reproducible_owned_by_root_and_verity_verifies() {
+        let dir = scratch("slot");
+        let t = sample_tree(&dir.join("a"));
         let img = dir.join("slot.img");
-        mksquashfs(&t, &dir.join("sort"), &img).unwrap();
+        let u = ids::uuid("t", b"1");
+        let size = mkext4(&t, &img, &u, &u).unwrap();
+        assert_eq!(size, std::fs::metadata(&img).unwrap().len());
+        assert_eq!(size % layout::MIB, 0);
         let bytes = std::fs::read(&img).unwrap();
-        let sb = parse_superblock(&bytes).unwrap();
-        // mksquashfs pads the file to 4 KiB past bytes_used.
-        assert_eq!(layout::round_up(sb.bytes_used, 4096), bytes.len() as u64);
-        let (start, end) = check_init_first(&bytes, &init).unwrap();
-        assert_eq!(start, 96);
-        assert!(end > TAMPER_OFFSET);
-        // Another init is refused.
-        let mut other = init.clone();
+        // The same tree made again later (other time stamps on the build
+        // host's files) gives the same bytes.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let t2 = sample_tree(&dir.join("b"));
+        let img2 = dir.join("slot2.img");
+        mkext4(&t2, &img2, &u, &u).unwrap();
+        assert!(std::fs::read(&img2).unwrap() == bytes);
+
+        let stat = tool::stdout(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg("stat /etc/long")
+                .arg(&img),
+        )
+        .unwrap();
+        assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+        assert!(stat.contains(" mtime: 0x386d4380"), "{stat}");
+
+        let (start, end) = init_block(&img, &fake_init()).unwrap();
+        assert_eq!(end - start, 4096);
+        assert_eq!(&bytes[start as usize..end as usize], &fake_init()[..4096]);
+        let mut other = fake_init();
         other[10] ^= 1;
         assert!(matches!(
-            check_init_first(&bytes, &other),
-            Err(SlotError::InitNotFirst { .. })
+            init_block(&img, &other),
+            Err(SlotError::InitBlock { .. })
         ));
 
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let v = append_verity(&img, &digest).unwrap();
-        assert_eq!(v.hash_offset % 4096, 0);
-        assert!(v.hash_offset >= bytes.len() as u64);
+        assert_eq!(v.hash_offset, bytes.len() as u64);
         assert_eq!(v.salt, hex::encode(digest));
         let again = std::fs::read(&img).unwrap();
         assert_eq!(&again[..bytes.len()], &bytes[..]);
         assert_eq!(&again[v.hash_offset as usize..][..8], b"verity\0\0");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fs_size_counts_blocks_inodes_and_slack() {
+        let e = |path: &str, kind| Entry {
+            path: path.into(),
+            kind,
+        };
+        let entries = [
+            e("usr", Kind::Dir { mode: 0o755 }),
+            e(
+                "usr/a",
+                Kind::File {
+                    mode: 0o644,
+                    size: 1,
+                },
+            ),
+            e(
+                "usr/b",
+                Kind::File {
+                    mode: 0o644,
+                    size: 4097,
+                },
+            ),
+            e("usr/c", Kind::Symlink { target: "a".into() }),
+        ];
+        // 4 blocks + 128 inodes × 256 bytes + 4 MiB, rounded up to 5 MiB.
+        assert_eq!(fs_size(&entries), 5 * layout::MIB);
+        let big = [e(
+            "f",
+            Kind::File {
+                mode: 0o644,
+                size: 10 * layout::MIB,
+            },
+        )];
+        assert_eq!(fs_size(&big), 15 * layout::MIB);
+    }
+
+    #[test]
+    fn names_debugfs_would_misread_are_refused() {
+        let file = |path: &str| Entry {
+            path: path.into(),
+            kind: Kind::File {
+                mode: 0o644,
+                size: 0,
+            },
+        };
+        let script = owner_and_times_script(&[file("usr/lib/x")]).unwrap();
+        assert!(script.starts_with("sif / uid 0\n"));
+        assert!(script.contains("sif /usr/lib/x mtime @946684800\n"));
+        for bad in ["a b", "a\"b", "a\\b", "a\nb"] {
+            assert!(matches!(
+                owner_and_times_script(&[file(bad)]),
+                Err(SlotError::OddPath { .. })
+            ));
+        }
     }
 }

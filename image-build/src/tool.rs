@@ -1,5 +1,5 @@
-//! Running the external tools the build drives (mksquashfs, veritysetup,
-//! mkfs.vfat, mcopy, grub-mkimage, mke2fs, depmod, dpkg-deb, apt-get, ldd,
+//! Running the external tools the build drives (mke2fs, debugfs, veritysetup,
+//! e2fsck, mkfs.vfat, mcopy, grub-mkimage, depmod, dpkg-deb, apt-get, ldd,
 //! qemu-img), with the command line and its stderr in every error.
 
 use std::ffi::OsStr;

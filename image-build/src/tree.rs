@@ -1,5 +1,5 @@
 //! A staging directory that becomes a file system image (the slot's
-//! squashfs, the initramfs cpio): files, directories and symlinks with fixed
+//! ext4, the initramfs cpio): files, directories and symlinks with fixed
 //! modes, and a sorted walk, so that the image does not depend on the
 //! builder's umask or directory order.
 

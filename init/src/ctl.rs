@@ -1425,7 +1425,7 @@ mod tests {
             },
             root: RootStatus {
                 device: "/dev/mapper/atoll-root".into(),
-                fs_type: "squashfs".into(),
+                fs_type: "ext4".into(),
                 read_only: true,
                 dm_target: Some("verity".into()),
                 verity_status: Some("V".into()),
@@ -1449,7 +1449,7 @@ mod tests {
         let a = text.find("  A         ").unwrap();
         assert!(b < a, "{text}");
         assert!(text.contains("/dev/vda5 grown, 3.0 GiB of 4.0 GiB free"));
-        assert!(text.contains("squashfs read-only, dm verity V (verified)"));
+        assert!(text.contains("ext4 read-only, dm verity V (verified)"));
         assert!(text.contains("Last shutdown: clean"));
     }
 

@@ -1,4 +1,4 @@
-//! Little-endian integers at byte offsets of on-disk headers (ELF, squashfs,
+//! Little-endian integers at byte offsets of on-disk headers (ELF,
 //! dm-verity, ext4). Each read is checked: `None` when the buffer ends
 //! before the integer does, never a panic in PID 1.
 

@@ -1,9 +1,10 @@
 //! Stage 1: PID 1 in the initramfs (docs/boot.md, "Boot flow" step 3).
 //!
 //! Mount /proc, /sys, /dev and /run; load drivers by modalias until the
-//! booted slot's partition (found by its GPT name) shows up, plus dm_verity
-//! and squashfs; open dm-verity over it with the root hash from the kernel command
-//! line; mount the verified squashfs on /sysroot; switch root and execute
+//! booted slot's partition (found by its GPT name) shows up, plus dm_verity;
+//! open dm-verity over it with the root hash from the kernel command line;
+//! mount the verified ext4 (built into the kernel) read-only on /sysroot;
+//! switch root and execute
 //! stage 2 (`/usr/lib/atoll/init`). Any failure prints
 //! `atoll: stage 1 failed: <reason>` and reboots after 5 s: GRUB already
 //! counted this try, so it falls back to the other slot when tries run out.
@@ -39,7 +40,7 @@ const FAIL_DELAY: Duration = Duration::from_secs(5);
 /// The mounts that move into the new root.
 const MOVED_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 /// Modules stage 1 needs whatever the hardware.
-const REQUIRED_MODULES: [&str; 2] = ["dm_verity", "squashfs"];
+const REQUIRED_MODULES: [&str; 1] = ["dm_verity"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Stage1Error {
@@ -318,9 +319,9 @@ fn run(start_ms: u64) -> Result<Infallible, Stage1Error> {
 /// Whether the slot's `init` is the same build as this binary (the same GNU
 /// build id: image-build puts one binary in both the initramfs and the
 /// slot). Then stage 1 runs stage 2 from its own copy, already in RAM,
-/// instead of paging the binary in from the slot (squashfs blocks inflated
-/// and dm-verity hashes checked on every first touch: about a quarter of a
-/// second of a boot under TCG). `Err` says why not.
+/// instead of paging the binary in from the slot (dm-verity hashes checked
+/// on every first touch: about a quarter of a second of a boot under TCG
+/// when the slot was squashfs). `Err` says why not.
 fn same_build(own: &std::fs::File, slot_init: &Path) -> Result<(), String> {
     let theirs = std::fs::File::open(slot_init).map_err(|e| format!("cannot open it: {e}"))?;
     let mine =
@@ -493,7 +494,7 @@ fn mount_root(device: &Path, slot_device: &Path) -> Result<(), Stage1Error> {
     mount(
         Some(device),
         SYSROOT,
-        Some("squashfs"),
+        Some("ext4"),
         MsFlags::MS_RDONLY,
         None::<&str>,
     )

@@ -1,10 +1,10 @@
-//! The on-disk headers of a root slot (docs/boot.md, "A slot"): the
-//! squashfs superblock at offset 0 and the dm-verity superblock that
-//! `veritysetup format --hash-offset` writes right after the padded
-//! squashfs. Stage 1 reads them to build the dm-verity table; anything odd
-//! is refused. Only the root hash does not come from here: it comes from
-//! the kernel command line, so any tampering with these headers or the
-//! tree changes what the kernel computes and the mount fails.
+//! The on-disk headers of a root slot (docs/boot.md, "A slot"): the ext4
+//! superblock at byte 1024 and the dm-verity superblock that `veritysetup
+//! format --hash-offset` writes right after the file system. Stage 1 reads
+//! them to build the dm-verity table; anything odd is refused. Only the
+//! root hash does not come from here: it comes from the kernel command
+//! line, so any tampering with these headers or the tree changes what the
+//! kernel computes and the mount fails.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -13,10 +13,15 @@ use std::path::{Path, PathBuf};
 use crate::dm::VerityParams;
 use crate::le::{u16_at, u32_at, u64_at};
 
-/// Both data and hash blocks are this size.
+/// Both data and hash blocks are this size, and so are the file system's.
 const BLOCK: u64 = atoll_common::layout::VERITY_BLOCK_SIZE;
-const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
-const SQUASHFS_SB_SIZE: usize = 96;
+/// The ext4 superblock starts 1024 bytes into the file system.
+const EXT4_SB_OFFSET: usize = 1024;
+const EXT4_SB_SIZE: usize = 1024;
+const EXT4_MAGIC: u16 = 0xef53;
+/// `s_feature_incompat`: block counts have a high half.
+#[cfg(test)]
+const EXT4_INCOMPAT_64BIT: u32 = 0x80;
 const VERITY_SIGNATURE: &[u8; 8] = b"verity\0\0";
 /// `struct verity_sb` from cryptsetup (lib/verity/verity.c), packed.
 const VERITY_SB_SIZE: usize = 512;
@@ -31,10 +36,12 @@ pub enum SuperblockError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no squashfs at the start of the slot (magic {0:02x?}, want \"hsqs\")")]
-    SquashfsMagic([u8; 4]),
-    #[error("squashfs {0}")]
-    Squashfs(String),
+    #[error(
+        "no ext4 file system at the start of the slot (magic {0:#06x} at byte 1080, want 0xef53)"
+    )]
+    Ext4Magic(u16),
+    #[error("ext4 {0}")]
+    Ext4(String),
     #[error("no dm-verity superblock at offset {offset} (signature {found:02x?})")]
     VerityMagic { offset: u64, found: [u8; 8] },
     #[error("dm-verity superblock at offset {offset}: {what}")]
@@ -47,48 +54,67 @@ pub enum SuperblockError {
     },
 }
 
-/// What stage 1 needs from the squashfs superblock.
+/// What stage 1 needs from the ext4 superblock.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Squashfs {
-    /// Bytes of the file system proper (the image may be padded past it).
-    pub bytes_used: u64,
-    pub block_size: u32,
+pub struct Ext4 {
+    /// Bytes of the file system (block count times block size); the hash
+    /// tree's superblock follows.
+    pub bytes: u64,
 }
 
-/// Parses a squashfs 4.0 superblock (the first 96 bytes, little endian).
-pub fn parse_squashfs(b: &[u8]) -> Result<Squashfs, SuperblockError> {
-    let short = || SuperblockError::Squashfs("superblock is cut short".into());
-    let b = b.get(..SQUASHFS_SB_SIZE).ok_or_else(short)?;
-    let magic = [b[0], b[1], b[2], b[3]];
-    if &magic != SQUASHFS_MAGIC {
-        return Err(SuperblockError::SquashfsMagic(magic));
+/// Bytes of a slot's head that [`parse_ext4`] needs.
+pub const EXT4_HEAD: usize = EXT4_SB_OFFSET + EXT4_SB_SIZE;
+
+/// Parses the ext4 superblock in the first [`EXT4_HEAD`] bytes of a slot:
+/// the magic, 4096-byte blocks (what image-build makes, and the verity
+/// block size) and the block count.
+pub fn parse_ext4(head: &[u8]) -> Result<Ext4, SuperblockError> {
+    let short = || SuperblockError::Ext4("superblock is cut short".into());
+    let sb = head.get(EXT4_SB_OFFSET..EXT4_HEAD).ok_or_else(short)?;
+    let magic = u16_at(sb, 56).ok_or_else(short)?;
+    if magic != EXT4_MAGIC {
+        return Err(SuperblockError::Ext4Magic(magic));
     }
-    let block_size = u32_at(b, 12).ok_or_else(short)?;
-    let block_log = u16_at(b, 22).ok_or_else(short)?;
-    let major = u16_at(b, 28).ok_or_else(short)?;
-    let minor = u16_at(b, 30).ok_or_else(short)?;
-    let bytes_used = u64_at(b, 40).ok_or_else(short)?;
-    let odd = |what: String| Err(SuperblockError::Squashfs(what));
-    if (major, minor) != (4, 0) {
-        return odd(format!("version {major}.{minor}, want 4.0"));
-    }
-    if !block_size.is_power_of_two()
-        || !(4096..=1 << 20).contains(&block_size)
-        || 1u32.checked_shl(block_log.into()) != Some(block_size)
-    {
+    let odd = |what: String| Err(SuperblockError::Ext4(what));
+    let Some((block_size, blocks)) = ext4_size(sb) else {
         return odd(format!(
-            "block size {block_size} (log {block_log}) is invalid"
+            "block size 1024 << {} is out of range",
+            u32_at(sb, 24).unwrap_or_default()
         ));
+    };
+    if block_size != BLOCK {
+        return odd(format!("block size {block_size}, want {BLOCK}"));
     }
-    if bytes_used < SQUASHFS_SB_SIZE as u64 {
-        return odd(format!(
-            "bytes_used {bytes_used} is smaller than its superblock"
-        ));
+    if blocks < 2 {
+        return odd(format!("block count {blocks} is too small"));
     }
-    Ok(Squashfs {
-        bytes_used,
-        block_size,
-    })
+    let bytes = blocks
+        .checked_mul(BLOCK)
+        .ok_or_else(|| SuperblockError::Ext4(format!("block count {blocks} overflows")))?;
+    Ok(Ext4 { bytes })
+}
+
+/// (block size, block count) from an ext2/3/4 superblock (the 1024 bytes at
+/// offset 1024 of the device). statfs is no use here: it leaves out the
+/// file system's own overhead.
+pub fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
+    let u32_at = |at| crate::le::u32_at(sb, at);
+    if sb.get(0x38..0x3a)? != [0x53, 0xef] {
+        return None;
+    }
+    let log = u32_at(0x18)?;
+    if log > 6 {
+        return None;
+    }
+    let bsize = 1024u64 << log;
+    let lo = u64::from(u32_at(0x04)?);
+    let incompat_64bit = u32_at(0x60)? & 0x80 != 0;
+    let hi = if incompat_64bit {
+        u64::from(u32_at(0x150)?)
+    } else {
+        0
+    };
+    Some((bsize, hi << 32 | lo))
 }
 
 /// The dm-verity superblock (`veritysetup dump` shows the same fields).
@@ -187,17 +213,17 @@ pub fn hash_tree_blocks(data_blocks: u64) -> u64 {
     }
 }
 
-/// The dm-verity table parameters of a slot whose squashfs, hash offset
-/// and verity superblock are known, checked against each other and the
+/// The dm-verity table parameters of a slot whose file system, hash
+/// offset and verity superblock are known, checked against each other and the
 /// device size. The hash tree starts one block after the superblock.
 pub fn verity_params(
     path: &Path,
     device_size: u64,
-    squashfs: &Squashfs,
+    fs: &Ext4,
     sb: &VeritySuperblock,
     root_hash: &str,
 ) -> Result<VerityParams, SuperblockError> {
-    let hash_offset = atoll_common::layout::round_up(squashfs.bytes_used, BLOCK);
+    let hash_offset = atoll_common::layout::round_up(fs.bytes, BLOCK);
     let odd = |what: String| SuperblockError::Verity {
         offset: hash_offset,
         what,
@@ -206,10 +232,10 @@ pub fn verity_params(
         .data_blocks
         .checked_mul(BLOCK)
         .ok_or_else(|| odd(format!("{} data blocks overflow", sb.data_blocks)))?;
-    if data_bytes < squashfs.bytes_used {
+    if data_bytes < fs.bytes {
         return Err(odd(format!(
-            "{} data blocks do not cover the squashfs ({} bytes)",
-            sb.data_blocks, squashfs.bytes_used
+            "{} data blocks do not cover the file system ({} bytes)",
+            sb.data_blocks, fs.bytes
         )));
     }
     if data_bytes > hash_offset {
@@ -245,24 +271,21 @@ pub fn read_verity_params(dev: &Path, root_hash: &str) -> Result<VerityParams, S
     };
     let mut f = File::open(dev).map_err(io)?;
     let size = f.seek(SeekFrom::End(0)).map_err(io)?;
-    let mut head = [0u8; SQUASHFS_SB_SIZE];
+    let mut head = [0u8; EXT4_HEAD];
     read_at(&mut f, 0, &mut head).map_err(io)?;
-    let squashfs = parse_squashfs(&head)?;
-    let offset = atoll_common::layout::round_up(squashfs.bytes_used, BLOCK);
-    if offset + BLOCK > size {
+    let fs = parse_ext4(&head)?;
+    let offset = atoll_common::layout::round_up(fs.bytes, BLOCK);
+    if offset.saturating_add(BLOCK) > size {
         return Err(SuperblockError::TooSmall {
             path: dev.to_path_buf(),
             size,
-            what: format!(
-                "a squashfs of {} bytes and its hash tree",
-                squashfs.bytes_used
-            ),
+            what: format!("a file system of {} bytes and its hash tree", fs.bytes),
         });
     }
     let mut sb = [0u8; VERITY_SB_SIZE];
     read_at(&mut f, offset, &mut sb).map_err(io)?;
     let sb = parse_verity(&sb, offset)?;
-    verity_params(dev, size, &squashfs, &sb, root_hash)
+    verity_params(dev, size, &fs, &sb, root_hash)
 }
 
 fn read_at(f: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -342,26 +365,30 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()[..64].to_string()
     }
 
-    /// A squashfs superblock by hand (what mksquashfs writes, trimmed to the
-    /// fields stage 1 reads).
-    fn squashfs_sb(bytes_used: u64) -> [u8; 96] {
-        let mut b = [0u8; 96];
-        b[..4].copy_from_slice(b"hsqs");
-        b[12..16].copy_from_slice(&131072u32.to_le_bytes());
-        b[22..24].copy_from_slice(&17u16.to_le_bytes());
-        b[28..30].copy_from_slice(&4u16.to_le_bytes());
-        b[40..48].copy_from_slice(&bytes_used.to_le_bytes());
+    /// An ext4 head by hand (the fields stage 1 reads; the rest zero):
+    /// 4096-byte blocks, `blocks` of them, 64-bit counts if the high half
+    /// is not zero.
+    fn ext4_head(blocks: u64) -> Vec<u8> {
+        let mut b = vec![0u8; EXT4_HEAD];
+        let sb = &mut b[EXT4_SB_OFFSET..];
+        sb[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
+        sb[24..28].copy_from_slice(&2u32.to_le_bytes());
+        sb[56..58].copy_from_slice(&EXT4_MAGIC.to_le_bytes());
+        if blocks >> 32 != 0 {
+            sb[96..100].copy_from_slice(&EXT4_INCOMPAT_64BIT.to_le_bytes());
+            sb[0x150..0x154].copy_from_slice(&((blocks >> 32) as u32).to_le_bytes());
+        }
         b
     }
 
-    /// The slot image: squashfs (mksquashfs if present, else a hand-made
-    /// superblock and filler) padded to 4096.
+    /// The slot's file system: ext4 made by mke2fs from a small tree if
+    /// mke2fs is installed, else a hand-made superblock and filler.
     fn make_data(dir: &Path) -> PathBuf {
         let img = dir.join("slot.img");
-        if have("mksquashfs") {
+        if have("mke2fs") {
             let root = dir.join("root/usr/lib/atoll");
             std::fs::create_dir_all(&root).unwrap();
-            // 1 MiB that does not compress: a tree of more than one level.
+            // 1 MiB: a hash tree of more than one level.
             let mut x = 0x9e37_79b9_7f4a_7c15_u64;
             let payload: Vec<u8> = (0..1 << 20)
                 .map(|_| {
@@ -372,21 +399,27 @@ mod tests {
                 })
                 .collect();
             std::fs::write(root.join("init"), payload).unwrap();
-            run(Command::new("mksquashfs")
-                .arg(dir.join("root"))
-                .arg(&img)
+            std::fs::File::create(&img)
+                .unwrap()
+                .set_len(4 << 20)
+                .unwrap();
+            run(Command::new("mke2fs")
                 .args([
-                    "-comp",
-                    "gzip",
-                    "-all-root",
-                    "-noappend",
-                    "-quiet",
-                    "-no-progress",
-                ]));
+                    "-q",
+                    "-F",
+                    "-t",
+                    "ext4",
+                    "-b",
+                    "4096",
+                    "-O",
+                    "^has_journal",
+                    "-d",
+                ])
+                .arg(dir.join("root"))
+                .arg(&img));
         } else {
-            let mut data = vec![0x5au8; 70_000];
-            data[..96].copy_from_slice(&squashfs_sb(70_000));
-            data.resize(73_728, 0);
+            let mut data = ext4_head(18);
+            data.resize(18 * 4096, 0x5a);
             std::fs::write(&img, data).unwrap();
         }
         img
@@ -400,8 +433,9 @@ mod tests {
         }
         let dir = Scratch::new("veritysetup");
         let img = make_data(&dir.0);
-        let squashfs = parse_squashfs(&std::fs::read(&img).unwrap()).unwrap();
-        let offset = atoll_common::layout::round_up(squashfs.bytes_used, 4096);
+        let fs = parse_ext4(&std::fs::read(&img).unwrap()).unwrap();
+        assert_eq!(fs.bytes, std::fs::metadata(&img).unwrap().len());
+        let offset = fs.bytes;
         let formatted = run(Command::new("veritysetup")
             .arg("format")
             .arg(&img)
@@ -435,7 +469,7 @@ mod tests {
             hash_tree_blocks(sb.data_blocks).to_string(),
             field(&dump, "Hash blocks")
         );
-        if have("mksquashfs") {
+        if have("mke2fs") {
             assert!(hash_tree_blocks(sb.data_blocks) > 1);
         }
 
@@ -483,14 +517,18 @@ mod tests {
         assert_eq!(sb.uuid_string(), UUID);
         assert_eq!(sb.data_blocks, 25);
         assert_eq!(hex(&sb.salt), SALT);
-        let sq = parse_squashfs(&squashfs_sb(100_302)).unwrap();
-        assert_eq!(sq.bytes_used, 100_302);
-        let p = verity_params(Path::new("slot"), 110_592, &sq, &sb, &"AB".repeat(32)).unwrap();
+        let fs = parse_ext4(&ext4_head(25)).unwrap();
+        assert_eq!(fs.bytes, 102_400);
+        assert_eq!(
+            parse_ext4(&ext4_head(0x1_0000_0019)).unwrap().bytes,
+            0x1_0000_0019 * 4096
+        );
+        let p = verity_params(Path::new("slot"), 110_592, &fs, &sb, &"AB".repeat(32)).unwrap();
         assert_eq!(p.hash_start_block, 26);
         assert_eq!(p.root_hash, "ab".repeat(32));
         // One byte short of the hash tree.
         assert!(matches!(
-            verity_params(Path::new("slot"), 110_591, &sq, &sb, &"ab".repeat(32)),
+            verity_params(Path::new("slot"), 110_591, &fs, &sb, &"ab".repeat(32)),
             Err(SuperblockError::TooSmall { .. })
         ));
     }
@@ -525,37 +563,37 @@ mod tests {
             Err(SuperblockError::Verity { what, .. }) if what == "superblock is cut short"
         ));
 
-        let sq = |at: usize, v: &[u8]| {
-            let mut b = squashfs_sb(100_302);
-            b[at..at + v.len()].copy_from_slice(v);
-            parse_squashfs(&b)
+        let ext4 = |at: usize, v: &[u8]| {
+            let mut b = ext4_head(25);
+            b[EXT4_SB_OFFSET + at..EXT4_SB_OFFSET + at + v.len()].copy_from_slice(v);
+            parse_ext4(&b)
         };
         assert!(matches!(
-            parse_squashfs(&squashfs_sb(100_302)[..95]),
-            Err(SuperblockError::Squashfs(what)) if what == "superblock is cut short"
+            parse_ext4(&ext4_head(25)[..EXT4_HEAD - 1]),
+            Err(SuperblockError::Ext4(what)) if what == "superblock is cut short"
         ));
         assert!(matches!(
-            sq(0, b"sqsh"),
-            Err(SuperblockError::SquashfsMagic(_))
+            ext4(56, b"hs"),
+            Err(SuperblockError::Ext4Magic(0x7368))
         ));
-        assert!(matches!(
-            sq(28, &3u16.to_le_bytes()),
-            Err(SuperblockError::Squashfs(_))
-        ));
-        assert!(matches!(
-            sq(12, &1000u32.to_le_bytes()),
-            Err(SuperblockError::Squashfs(_))
-        ));
-        assert!(matches!(
-            sq(40, &10u64.to_le_bytes()),
-            Err(SuperblockError::Squashfs(_))
-        ));
+        // 1 KiB and 64 KiB blocks, an absurd shift, no blocks.
+        for (at, v) in [
+            (24, &0u32.to_le_bytes()[..]),
+            (24, &6u32.to_le_bytes()),
+            (24, &40u32.to_le_bytes()),
+            (4, &0u32.to_le_bytes()),
+        ] {
+            assert!(
+                matches!(ext4(at, v), Err(SuperblockError::Ext4(_))),
+                "offset {at}"
+            );
+        }
 
-        // Data blocks that miss part of the squashfs or overlap the tree.
+        // Data blocks that miss part of the file system or overlap the tree.
         let sb = parse_verity(&real_verity_sb(), 0).unwrap();
-        let big = parse_squashfs(&squashfs_sb(200_000)).unwrap();
+        let big = parse_ext4(&ext4_head(49)).unwrap();
         assert!(verity_params(Path::new("s"), 1 << 30, &big, &sb, "").is_err());
-        let small = parse_squashfs(&squashfs_sb(50_000)).unwrap();
+        let small = parse_ext4(&ext4_head(12)).unwrap();
         assert!(verity_params(Path::new("s"), 1 << 30, &small, &sb, "").is_err());
     }
 

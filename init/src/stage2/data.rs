@@ -97,28 +97,7 @@ pub fn classify(head: &[u8]) -> Content {
     }
 }
 
-/// (block size, block count) from an ext2/3/4 superblock (the 1024 bytes at
-/// offset 1024 of the device). statfs is no use here: it leaves out the
-/// file system's own overhead.
-pub fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
-    let u32_at = |at| crate::le::u32_at(sb, at);
-    if sb.get(0x38..0x3a)? != [0x53, 0xef] {
-        return None;
-    }
-    let log = u32_at(0x18)?;
-    if log > 6 {
-        return None;
-    }
-    let bsize = 1024u64 << log;
-    let lo = u64::from(u32_at(0x04)?);
-    let incompat_64bit = u32_at(0x60)? & 0x80 != 0;
-    let hi = if incompat_64bit {
-        u64::from(u32_at(0x150)?)
-    } else {
-        0
-    };
-    Some((bsize, hi << 32 | lo))
-}
+pub use crate::superblock::ext4_size;
 
 /// The operations DATA setup needs; [`RealSys`] does them for real.
 pub trait DataSys {

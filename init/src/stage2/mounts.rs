@@ -304,7 +304,7 @@ mod tests {
 
     const SAMPLE: &str = "\
 1 1 0:2 / / rw - rootfs rootfs rw
-22 1 253:0 / / ro,relatime - squashfs /dev/mapper/atoll-root ro
+22 1 253:0 / / ro,relatime - ext4 /dev/mapper/atoll-root ro
 23 22 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,size=10k
 24 22 0:21 / /proc rw,nosuid,nodev,noexec - proc proc rw
 25 22 0:20 / /sys rw,nosuid,nodev,noexec - sysfs sysfs rw
@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(m.len(), 10);
         let root = mount_at(&m, "/").unwrap();
         assert_eq!(root.source, "/dev/mapper/atoll-root");
-        assert_eq!(root.fs_type, "squashfs");
+        assert_eq!(root.fs_type, "ext4");
         assert!(root.read_only());
         assert!(!mount_at(&m, "/var").unwrap().read_only());
         assert_eq!(m[7].mount_point, "/var/lib/x y");

@@ -38,20 +38,21 @@ fn ready_on(slot: Slot) -> Result<Pattern, VmError> {
     Ok(Pattern::regex(&format!(r"atoll: ready .*slot={slot}\b"))?)
 }
 
-/// A byte inside init's data in slot A (the first 4 KiB block after the
-/// squashfs superblock): GRUB never reads it, the kernel reads it through
-/// dm-verity as soon as the root is mounted.
-const CORRUPT_AT_IN_SLOT: u64 = 4000;
+/// Where in init's first block (`init_data_start` in build.json) the test
+/// flips a byte: GRUB never reads that block, the kernel reads it through
+/// dm-verity as soon as stage 1 checks init's build id.
+const CORRUPT_AT_IN_BLOCK: u64 = 1000;
 
 #[test]
 fn corrupt_root_never_gets_ready_and_falls_back_to_b() -> Result<(), VmError> {
     let build = disk::build_info(&disk::base_image()?)?;
     let init_data = build.init_data_start..build.init_data_end;
-    if !init_data.contains(&CORRUPT_AT_IN_SLOT) {
+    let corrupt_at = build.init_data_start + CORRUPT_AT_IN_BLOCK;
+    if !init_data.contains(&corrupt_at) {
         return Err(disk::DiskError::BuildInfo {
             path: "build.json".into(),
             reason: format!(
-                "init's data is at {init_data:?} in the slot: byte {CORRUPT_AT_IN_SLOT} is not in it"
+                "init's data is at {init_data:?} in the slot: byte {corrupt_at} is not in it"
             ),
         }
         .into());
@@ -64,7 +65,7 @@ fn corrupt_root_never_gets_ready_and_falls_back_to_b() -> Result<(), VmError> {
     state.a.tries = 2;
     state.b.good = true;
     disk::write_grubenv(copy.path(), &state)?;
-    disk::flip_byte(copy.path(), disk::ROOT_A_OFFSET + CORRUPT_AT_IN_SLOT)?;
+    disk::flip_byte(copy.path(), disk::ROOT_A_OFFSET + corrupt_at)?;
 
     // UEFI: this also covers GRUB's save_env (try counting) under OVMF.
     let vm = Vm::builder("corrupt_root_falls_back")

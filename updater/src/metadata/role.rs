@@ -245,7 +245,7 @@ impl Hashes {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub version: Version,
-    /// sha256 (hex) and length of the uncompressed slot image (squashfs +
+    /// sha256 (hex) and length of the uncompressed slot image (ext4 +
     /// dm-verity hash tree), as written to the partition.
     pub slot_sha256: String,
     pub slot_length: u64,
