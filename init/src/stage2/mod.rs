@@ -236,13 +236,19 @@ fn release_deferred(which: &dyn Fn(pcidefer::Class) -> bool) {
 /// containers need ([`CONTAINER_MODULES`]), which the task's end announces.
 /// Module loads are CPU work in the kernel (a signature check, hashing,
 /// relocation): on one CPU, loads in parallel only share it, so the network
-/// gets its drivers first; with more CPUs the network step runs beside the
-/// containers' load. The rest loads after ready.
+/// gets its drivers first, and the containers' drivers wait for the network
+/// step to end (`network_done` sent or dropped), for at most
+/// [`CONTAINER_DRIVERS_HOLD`]. Reading overlay.ko from the slot is hashing
+/// in dm-verity's workers, which run above every priority this thread can
+/// take, so only waiting keeps it off the network step's CPU. With more CPUs
+/// the network step runs beside the containers' load. The rest loads after
+/// ready.
 fn coldplug_early(
     trial: bool,
     dog: SharedDog,
     config_drivers: tokio::sync::oneshot::Sender<Option<Arc<ModuleDb>>>,
     nic_drivers: tokio::sync::oneshot::Sender<()>,
+    network_done: std::sync::mpsc::Receiver<()>,
 ) -> Option<Arc<ModuleDb>> {
     let db = open_modules().map(Arc::new);
     if let Some(db) = &db {
@@ -262,8 +268,12 @@ fn coldplug_early(
         log::warn!("module {m}: {why}");
     }
     let _ = nic_drivers.send(());
-    // The network step runs meanwhile and goes first; the work after ready
-    // waits for this load.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) == 1 {
+        // Sent, dropped or timed out: go on either way.
+        let _ = network_done.recv_timeout(CONTAINER_DRIVERS_HOLD);
+    }
+    // The network step may still run (slow DHCP) and goes first; the work
+    // after ready waits for this load.
     yielding::with_nice(yielding::BESIDE_READY, || {
         load_modules(&db, CONTAINER_MODULES)
     });
@@ -322,6 +332,13 @@ const PREPARED_WAIT: Duration = Duration::from_secs(10);
 
 /// What containers need from the kernel: overlayfs for their root.
 const CONTAINER_MODULES: &[&str] = &["overlay"];
+
+/// On one CPU, how long [`CONTAINER_MODULES`] wait for the network step
+/// after the NICs' drivers: long enough for a link and a lease on a local
+/// network (~20 ms of a TCG guest's time), short enough that a container
+/// that needs no network hardly waits when DHCP is slow, and then the CPU
+/// is idle anyway.
+const CONTAINER_DRIVERS_HOLD: Duration = Duration::from_millis(100);
 
 fn say(priority: u8, line: &str) {
     console::line(line);
@@ -407,10 +424,11 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     }
     let (config_drivers_tx, config_drivers) = tokio::sync::oneshot::channel();
     let (nic_drivers_tx, nic_drivers_rx) = tokio::sync::oneshot::channel();
+    let (network_done, network_done_rx) = std::sync::mpsc::channel();
     let mut modules_task = {
         let d = dog.clone();
         Some(tokio::task::spawn_blocking(move || {
-            coldplug_early(trial, d, config_drivers_tx, nic_drivers_tx)
+            coldplug_early(trial, d, config_drivers_tx, nic_drivers_tx, network_done_rx)
         }))
     };
 
@@ -650,6 +668,7 @@ async fn boot(start_ms: u64) -> ShutdownKind {
     steps.done("NIC drivers");
     let prov = config::provision_network(step, &net_status, &mut steps).await;
     let _ = network_up.send(true);
+    let _ = network_done.send(());
     // 7c. The update service: answers the API now, runs the agent once the
     // boot is marked good.
     let updates = crate::updates::Updates::new(
