@@ -23,7 +23,7 @@ file -L "$busybox" | grep -q 'statically linked' || { echo "$0: $busybox is not 
 # first (coldplug takes CPU feature drivers first), dependencies first.
 order="../arch/x86/crypto/sha256-ssse3 virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev
 virtio/virtio_pci block/virtio_blk md/dm-mod md/dm-bufio ../lib/reed_solomon/reed_solomon
-md/dm-verity ../fs/squashfs/squashfs"
+md/dm-verity"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
