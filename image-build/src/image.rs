@@ -379,12 +379,13 @@ pub fn build_disk(opts: &DiskOptions) -> Result<BuildInfo, Error> {
     // 5. Slot image: ext4 + dm-verity.
     let slot_img = work.join("slot.img");
     let (fs_size, verity, init_range) = p.step("slot image", || -> Result<_, Error> {
-        let digest = slot::tree_digest(&rootfs)?;
+        // The build id is the tree's digest (finish_rootfs): no second
+        // read of the whole tree.
         let fs = slot::mkext4(
             &rootfs,
             &slot_img,
-            &ids::uuid("slot fs uuid", &digest),
-            &ids::uuid("slot fs hash seed", &digest),
+            &ids::uuid("slot fs uuid", build_id.as_bytes()),
+            &ids::uuid("slot fs hash seed", build_id.as_bytes()),
         )?;
         let init_bytes = std::fs::read(&opts.init).map_err(io(&opts.init))?;
         let range = slot::init_block(&slot_img, &init_bytes)?;

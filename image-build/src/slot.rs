@@ -16,7 +16,7 @@
 //! the same tree whoever builds it. qemu-tests corrupt a byte of init's
 //! first block (`init_data_start` in build.json, from [`init_block`]).
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -322,7 +322,6 @@ pub fn init_block(image: &Path, init: &[u8]) -> Result<(u64, u64), SlotError> {
         .ok_or_else(|| fail(format!("init is only {} bytes", init.len())))?;
     let mut f = std::fs::File::open(image).map_err(io(image))?;
     let mut got = vec![0u8; FS_BLOCK as usize];
-    use std::io::{Read, Seek, SeekFrom};
     f.seek(SeekFrom::Start(start))
         .and_then(|_| f.read_exact(&mut got))
         .map_err(io(image))?;
